@@ -1,0 +1,43 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   fine-tunes a real model on embedded data
+#   make test   runs the tests
+# Torch is installed first, pinned to the CPU build on this machine; override with
+#   make test TORCH="torch==2.5.1"   (or any pip requirement, e.g. a CUDA build's index URL in PIP_ARGS)
+
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+PIP_ARGS ?=
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet $(PIP_ARGS) "$(TORCH)"
+	$(PY) -m pip install --quiet $(PIP_ARGS) -e ".[demo,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m finetune_lib.demo
+
+test: $(STAMP)
+	$(PY) -m ruff check finetune_lib tests bench
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check finetune_lib tests bench
+	$(PY) -m mypy finetune_lib
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

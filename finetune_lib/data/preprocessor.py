@@ -1,0 +1,244 @@
+"""`Preprocessor`: clean text, map labels, format prompts and targets, tokenize, truncate, collate.
+
+Example:
+    >>> pre = Preprocessor(clean=["html", "whitespace"], max_length=128)
+    >>> pre.setup(tokenizer, "classification", train_records)
+    >>> features = pre.encode(train_records)
+    >>> batch = pre.collate(features[:8])
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .collate import IGNORE_INDEX, collate
+
+log = logging.getLogger("finetune_lib.data")
+
+
+@dataclass
+class EncodeStats:
+    """What `encode` did: examples seen and truncated."""
+
+    examples: int = 0
+    truncated: int = 0
+    truncated_indices: list[int] = field(default_factory=list)
+
+
+class Preprocessor:
+    """Turns records into model features.
+
+    Args:
+        clean: cleaning steps, by name (see `finetune_lib.data.cleaning.STEPS`) or as callables
+            `str -> str`; None gives the safe defaults (unicode normalization, HTML, whitespace);
+            `[]` turns cleaning off.
+        max_length: tokens per example after truncation; None uses the model's position limit
+            (at most 512). A larger value than the model supports is lowered to its limit.
+        strict: raise instead of truncating sequences longer than `max_length`.
+        prompt_template: format of the prompt for generation tasks, with `{prompt}` (and any other
+            record column) as fields, e.g. `"Question: {prompt}\\nAnswer: "`.
+        use_chat_template: format prompts with the tokenizer's chat template, where it has one.
+        labels: the label names in id order; by default sorted from the training data (integer
+            labels 0..K-1 keep their values).
+        batch_size: texts per call of the fast tokenizer.
+    """
+
+    def __init__(self, clean: Sequence[str | Callable[[str], str]] | None = None, max_length: int | None = None,
+                 strict: bool = False, prompt_template: str = "{prompt}", use_chat_template: bool = False,
+                 labels: Sequence[Any] | None = None, batch_size: int = 1000):
+        if max_length is not None and max_length < 2:
+            raise ValueError(f"max_length must be at least 2 tokens, got {max_length}.")
+        from .cleaning import DEFAULT_STEPS, compose
+
+        self.clean_steps = list(DEFAULT_STEPS if clean is None else clean)
+        self.clean_text = compose(self.clean_steps)
+        self.max_length = max_length
+        self.strict = strict
+        self.prompt_template = prompt_template
+        self.use_chat_template = use_chat_template
+        self.label_names: list[Any] | None = list(labels) if labels is not None else None
+        self.batch_size = batch_size
+        self.tokenizer: Any = None
+        self.task: str | None = None
+        self.label2id: dict[Any, int] = {}
+        self.stats: dict[str, EncodeStats] = {}
+
+    # ---- set-up -----------------------------------------------------------------------------
+    def setup(self, tokenizer: Any, task: str, train_records: Sequence[Mapping[str, Any]] | None = None,
+              max_positions: int | None = None) -> Preprocessor:
+        """Bind a tokenizer and a task, learn the label mapping, settle `max_length`."""
+        self.tokenizer, self.task = tokenizer, task
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token is None:
+                raise ValueError("The tokenizer has neither a pad token nor an EOS token; set "
+                                 "tokenizer.pad_token before fine-tuning.")
+            tokenizer.pad_token = tokenizer.eos_token
+        limits = [n for n in (max_positions, getattr(tokenizer, "model_max_length", None)) if n and n < 10**6]
+        limit = min(limits) if limits else None
+        if self.max_length is None:
+            self.max_length = min([512] + ([limit] if limit else []))
+        elif limit and self.max_length > limit:
+            log.warning("max_length %d is more than the model's limit of %d positions; using %d.",
+                        self.max_length, limit, limit)
+            self.max_length = limit
+        if task == "classification" and train_records is not None and not self.label2id:
+            self.fit_labels(train_records)
+        return self
+
+    def fit_labels(self, records: Sequence[Mapping[str, Any]]) -> dict[Any, int]:
+        """Learn `label2id` from the training records (or from `labels=` given at construction)."""
+        values = [r["label"] for r in records]
+        kinds = {type(v).__name__ for v in values if v is not None}
+        if any(v is None for v in values):
+            bad = [i for i, v in enumerate(values) if v is None][:10]
+            raise ValueError(f"Records {bad} have no label. Drop them or fill them before training.")
+        numeric = kinds <= {"int", "bool"} or kinds <= {"int", "float"} and all(float(v).is_integer() for v in values)
+        if len(kinds) > 1 and not numeric:
+            raise ValueError(f"Labels have mixed types ({', '.join(sorted(kinds))}). Use one type: all "
+                             "strings (names) or all integers (ids).")
+        if self.label_names is None:
+            if numeric:
+                ints = sorted({int(v) for v in values})
+                if ints[0] < 0:
+                    raise ValueError(f"Integer labels must be 0 or more; found {[v for v in ints if v < 0][:10]}.")
+                self.label_names = list(range(ints[-1] + 1))
+            else:
+                self.label_names = sorted(set(values))
+        self.label2id = {name: i for i, name in enumerate(self.label_names)}
+        if numeric:
+            self.label2id.update({float(k): v for k, v in self.label2id.items() if isinstance(k, int)})
+        return self.label2id
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return {i: str(name) for i, name in enumerate(self.label_names or [])}
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names or [])
+
+    def label_id(self, value: Any, where: str = "") -> int:
+        try:
+            return self.label2id[value]
+        except KeyError:
+            known = ", ".join(map(repr, list(self.label_names or [])[:20]))
+            raise ValueError(f"Label {value!r}{where} was never seen in the training data (known: {known}). "
+                             "Add examples of it to training, or remove it from this split.") from None
+
+    # ---- encoding ---------------------------------------------------------------------------
+    def _require_setup(self) -> None:
+        if self.tokenizer is None:
+            raise RuntimeError("Preprocessor.setup(tokenizer, task, train_records) must run before encoding; "
+                               "FineTuner does this for you in fit().")
+
+    def format_prompt(self, record: Mapping[str, Any]) -> str:
+        """The prompt text of a generation record, as fed to the model."""
+        prompt = self.clean_text(str(record.get("prompt", "") or ""))
+        if self.use_chat_template and getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+        return self.prompt_template.format(**{**record, "prompt": prompt}) if prompt else ""
+
+    def encode(self, records: Sequence[Mapping[str, Any]], split: str = "train") -> list[dict[str, Any]]:
+        """Features for each record: `input_ids`, `attention_mask`, `labels`. Counts truncations."""
+        self._require_setup()
+        if self.task == "classification":
+            features = self._encode_classification(records, split)
+        else:
+            features = self._encode_generation(records, split)
+        st = self.stats[split]
+        if st.truncated:
+            log.info("%s: %d of %d examples truncated to %d tokens.", split, st.truncated, st.examples, self.max_length)
+        return features
+
+    def _tokenize(self, texts: list[str], **kw: Any) -> list[list[int]]:
+        out: list[list[int]] = []
+        for i in range(0, len(texts), self.batch_size):
+            out.extend(self.tokenizer(texts[i: i + self.batch_size], **kw)["input_ids"])
+        return out
+
+    def _encode_classification(self, records: Sequence[Mapping[str, Any]], split: str) -> list[dict[str, Any]]:
+        texts = [self.clean_text(str(r["text"])) for r in records]
+        labels = [self.label_id(r["label"], f" (record {i} of {split})") if "label" in r else None
+                  for i, r in enumerate(records)]
+        stats = EncodeStats(examples=len(texts))
+        features: list[dict[str, Any]] = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(texts[start: start + self.batch_size], truncation=True, max_length=self.max_length)
+            for j, ids in enumerate(enc["input_ids"]):
+                if enc.encodings and enc.encodings[j].overflowing:
+                    self._truncated(stats, start + j, split)
+                f: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+                if labels[start + j] is not None:
+                    f["labels"] = labels[start + j]
+                features.append(f)
+        self.stats[split] = stats
+        return features
+
+    def _encode_generation(self, records: Sequence[Mapping[str, Any]], split: str) -> list[dict[str, Any]]:
+        tok, limit = self.tokenizer, int(self.max_length or 512)
+        eos = tok.eos_token_id
+        prompts = [self.format_prompt(r) if "prompt" in r or "target" in r else "" for r in records]
+        targets = [self.clean_text(str(r["target"] if "target" in r else r.get("text", ""))) for r in records]
+        prompt_ids = self._tokenize(prompts) if any(prompts) else [[] for _ in prompts]
+        if self.task == "seq2seq":
+            target_ids = self._tokenize(targets)
+            target_ids = [t if t and t[-1] == eos else t + [eos] for t in target_ids]
+        else:
+            target_ids = [t + [eos] for t in self._tokenize(targets, add_special_tokens=False)]
+            # a text-only record is learned whole, BOS included when the tokenizer adds one
+            start = self._tokenize([""])[0]
+            prompt_ids = [p if prompts[i] else list(start) for i, p in enumerate(prompt_ids)]
+        stats = EncodeStats(examples=len(records))
+        features = []
+        for i, (p, t) in enumerate(zip(prompt_ids, target_ids)):
+            if self.task == "seq2seq":
+                if len(p) > limit or len(t) > limit:
+                    self._truncated(stats, i, split)
+                    p, t = p[:limit], t[:limit]
+                features.append({"input_ids": p, "attention_mask": [1] * len(p), "labels": t})
+                continue
+            if len(p) + len(t) > limit:
+                self._truncated(stats, i, split)
+                keep_prompt = max(0, limit - len(t))  # cut the prompt from the left first, then the target's end
+                p = p[len(p) - keep_prompt:] if keep_prompt else []
+                t = t[: limit - len(p)]
+            ids = p + t
+            features.append({"input_ids": ids, "attention_mask": [1] * len(ids),
+                             "labels": [IGNORE_INDEX] * len(p) + t})
+        self._check_targets(features, split)
+        self.stats[split] = stats
+        return features
+
+    def _truncated(self, stats: EncodeStats, index: int, split: str) -> None:
+        if self.strict:
+            raise ValueError(f"Record {index} of {split} is longer than max_length={self.max_length} tokens "
+                             "and strict=True. Raise max_length, shorten the text, or set strict=False to truncate.")
+        stats.truncated += 1
+        if len(stats.truncated_indices) < 100:
+            stats.truncated_indices.append(index)
+
+    def _check_targets(self, features: list[dict[str, Any]], split: str) -> None:
+        """Pre-flight: every example must keep at least one target token that carries a loss."""
+        if self.task != "causal_lm":
+            return
+        empty = [i for i, f in enumerate(features) if sum(1 for x in f["labels"][1:] if x != IGNORE_INDEX) == 0]
+        if empty:
+            raise ValueError(f"{len(empty)} examples of {split} have no target token left to learn "
+                             f"(records {empty[:10]}): their target is empty or was truncated away. "
+                             f"Raise max_length (now {self.max_length}) or shorten their prompts.")
+
+    def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Pad features to the longest in the batch (dynamic padding)."""
+        return collate(features, pad_token_id=int(self.tokenizer.pad_token_id))
+
+    @staticmethod
+    def length(feature: Mapping[str, Any]) -> int:
+        n = len(feature["input_ids"])
+        labels = feature.get("labels")
+        return max(n, len(labels)) if isinstance(labels, list) else n

@@ -1,0 +1,1 @@
+"""Reports about a run: the model card written by `FineTuner.save`."""

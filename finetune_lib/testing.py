@@ -1,0 +1,140 @@
+"""Tiny models and tokenizers built locally, for tests, examples and notebooks. Nothing is downloaded.
+
+Example:
+    >>> from finetune_lib.testing import tiny_model, tiny_tokenizer
+    >>> tok = tiny_tokenizer()
+    >>> model = tiny_model("gpt2", task="causal_lm", vocab_size=len(tok))
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    T5Config,
+)
+
+ARCHITECTURES = ("gpt2", "llama", "bert", "t5")
+
+_WORDS = (
+    "the phone battery lasts all day and the screen is bright great sound quality poor signal "
+    "customer service was helpful slow delivery broken charger refund please order arrived late "
+    "works perfectly would buy again terrible headset case fits well cheap plastic excellent value "
+    "my account password reset does not work how do I return an item where is my package thank you"
+).split()
+
+
+def sample_texts(n: int = 200, seed: int = 0, min_words: int = 3, max_words: int = 20) -> list[str]:
+    """Random short sentences over a small product-review vocabulary."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(min_words, max_words))) for _ in range(n)]
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_tokenizer(vocab_size: int) -> str:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<unk>", "<s>", "</s>", "<mask>", "<cls>", "<sep>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(sample_texts(500, seed=1) + [" ".join(_WORDS)], trainer=trainer)
+    return tok.to_str()
+
+
+def tiny_tokenizer(vocab_size: int = 400, kind: str = "decoder") -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained here on a small vocabulary.
+
+    Args:
+        vocab_size: size of the trained vocabulary.
+        kind: "decoder" (adds `</s>` handling only, like GPT-2/Llama), "encoder" (wraps each text in
+            `<cls> ... <sep>`, like BERT) or "seq2seq" (appends `</s>`, like T5).
+    """
+    tok = Tokenizer.from_str(_trained_tokenizer(vocab_size))
+    if kind == "encoder":
+        cls_id, sep_id = tok.token_to_id("<cls>"), tok.token_to_id("<sep>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<cls> $A <sep>", pair="<cls> $A <sep> $B <sep>", special_tokens=[("<cls>", cls_id), ("<sep>", sep_id)]
+        )
+    elif kind == "seq2seq":
+        eos_id = tok.token_to_id("</s>")
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                           special_tokens=[("</s>", eos_id)])
+    elif kind != "decoder":
+        raise ValueError(f"kind must be 'decoder', 'encoder' or 'seq2seq', not {kind!r}")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        mask_token="<mask>", cls_token="<cls>", sep_token="<sep>",
+    )
+    fast.model_max_length = 512
+    return fast
+
+
+def tiny_config(arch: str, vocab_size: int = 400, layers: int = 4, hidden: int = 32, **overrides) -> PretrainedConfig:
+    """A config for a tiny model of one of `ARCHITECTURES` (4 blocks, 32 wide by default)."""
+    common = {"vocab_size": vocab_size, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}
+    if arch == "gpt2":
+        cfg = GPT2Config(n_layer=layers, n_embd=hidden, n_head=2, n_positions=128, **common)
+    elif arch == "llama":
+        cfg = LlamaConfig(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=hidden * 2,
+                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, **common)
+    elif arch == "bert":
+        cfg = BertConfig(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_attention_heads=2, max_position_embeddings=128, **common)
+    elif arch == "t5":
+        cfg = T5Config(num_layers=layers, num_decoder_layers=layers, d_model=hidden, d_ff=hidden * 2, d_kv=16,
+                       num_heads=2, decoder_start_token_id=0, **common)
+    else:
+        raise ValueError(f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+_TASK_CLASSES = {
+    "classification": AutoModelForSequenceClassification,
+    "causal_lm": AutoModelForCausalLM,
+    "seq2seq": AutoModelForSeq2SeqLM,
+}
+
+
+def tiny_model(arch: str = "gpt2", task: str = "causal_lm", vocab_size: int = 400, seed: int = 0,
+               **config_overrides) -> PreTrainedModel:
+    """A randomly initialized tiny model for `task` ("classification", "causal_lm", "seq2seq")."""
+    if task not in _TASK_CLASSES:
+        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(_TASK_CLASSES)}.")
+    cfg = tiny_config(arch, vocab_size=vocab_size, **config_overrides)
+    torch.manual_seed(seed)
+    return _TASK_CLASSES[task].from_config(cfg)
+
+
+def tokenizer_kind(arch: str) -> str:
+    """The `tiny_tokenizer(kind=...)` that suits an architecture."""
+    return {"bert": "encoder", "t5": "seq2seq"}.get(arch, "decoder")
+
+
+def save_tiny_pretrained(folder: str | Path, arch: str = "bert", task: str = "classification", **kw) -> Path:
+    """Write a tiny model and its tokenizer to `folder`, as `save_pretrained` would for a hub model."""
+    folder = Path(folder)
+    tok = tiny_tokenizer(kind=tokenizer_kind(arch))
+    model = tiny_model(arch, task, vocab_size=len(tok), **kw)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

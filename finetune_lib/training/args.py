@@ -1,0 +1,76 @@
+"""`TrainingArgs`: the settings of a run, each a keyword argument of `FineTuner`, checked up front."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class TrainingArgs:
+    """Settings of a run; each is a keyword argument of `FineTuner`.
+
+    Attributes:
+        epochs: passes over the training data (ignored when `max_steps` is set).
+        max_steps: optimizer steps to take; overrides `epochs`.
+        batch_size: examples per optimizer step (the effective batch).
+        gradient_accumulation: micro-batches per step; each holds batch_size / gradient_accumulation.
+        learning_rate: peak learning rate of AdamW.
+        weight_decay: decoupled weight decay (never on biases and normalization weights).
+        schedule: "linear", "cosine" or "constant" after warmup.
+        warmup_ratio: fraction of the steps spent warming up (used when warmup_steps is 0).
+        warmup_steps: steps of linear warmup.
+        max_grad_norm: clip the gradient norm to this (None or 0: no clipping).
+        precision: "auto", "bf16", "fp16" or "fp32".
+        group_by_length: batch examples of similar length together (less padding), order shuffled.
+        eval_every: evaluate every N steps, or "epoch".
+        save_every: checkpoint every N steps, or "epoch" (only with an output_dir).
+        log_every: log the training loss every N steps.
+        keep_checkpoints: keep the newest K checkpoints.
+        eval_batch_size: examples per evaluation batch (default: 2 x batch_size).
+        max_new_tokens: tokens to generate for LM predictions and text metrics.
+        seed: seeds Python, NumPy and torch, and the data order.
+    """
+
+    epochs: float = 3
+    max_steps: int | None = None
+    batch_size: int = 16
+    gradient_accumulation: int = 1
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    schedule: str = "linear"
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0
+    precision: str = "auto"
+    group_by_length: bool = True
+    eval_every: int | str = "epoch"
+    save_every: int | str = "epoch"
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    eval_batch_size: int | None = None
+    max_new_tokens: int = 64
+    seed: int = 0
+
+    def validate(self) -> None:
+        def positive(name: str, value: Any, integer: bool = False) -> None:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 or (integer and int(value) != value):
+                kind = "a positive integer" if integer else "a positive number"
+                raise ValueError(f"{name} must be {kind}, got {value!r}.")
+
+        positive("epochs", self.epochs)
+        positive("batch_size", self.batch_size, True)
+        positive("gradient_accumulation", self.gradient_accumulation, True)
+        positive("learning_rate", self.learning_rate)
+        positive("log_every", self.log_every, True)
+        if self.max_steps is not None:
+            positive("max_steps", self.max_steps, True)
+        if self.batch_size % self.gradient_accumulation:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of gradient_accumulation "
+                             f"({self.gradient_accumulation}): each micro-batch holds batch_size / gradient_accumulation.")
+        if self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1 or self.warmup_steps < 0:
+            raise ValueError("weight_decay and warmup_steps must be >= 0, and warmup_ratio in [0, 1).")
+        for name in ("eval_every", "save_every"):
+            value = getattr(self, name)
+            if value != "epoch" and value is not None:
+                positive(name, value, True)

@@ -1,0 +1,93 @@
+"""The evaluation loop and predictions: one batch of logits at a time, handed to the MetricSuite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..data.collate import sequential_batches, to_device
+from ..metrics.batch import EvalBatch
+from ..tasks import IGNORE_INDEX, generate_texts
+from .events import CallbackList, TrainState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .finetuner import FineTuner
+
+
+def _suite(tuner: FineTuner) -> Any:
+    from ..metrics import MetricSuite
+
+    if tuner.metrics is None:
+        tuner.metrics = MetricSuite.default(tuner.task.name)
+    return tuner.metrics
+
+
+def evaluate_model(tuner: FineTuner, records: list[dict[str, Any]], features: list[dict[str, Any]], *,
+                   slices: Any = None, confidence: float | None = None, batch_size: int | None = None,
+                   events: CallbackList | None = None, state: TrainState | None = None) -> dict[str, float]:
+    """Loss (mean over target tokens or examples, no label smoothing) and the suite's metrics."""
+    model, task, pre = tuner.model, tuner.task, tuner.preprocessor
+    size = batch_size or tuner.args.eval_batch_size or 2 * tuner.args.batch_size
+    has_labels = all("labels" in f for f in features)
+    if not has_labels:
+        raise ValueError("Evaluation needs labels (classification) or targets (generation) in every record.")
+    totals = {"loss": torch.zeros((), dtype=torch.float64, device=tuner.device), "targets": 0}
+
+    def batches() -> Iterator[EvalBatch]:
+        for idx in sequential_batches(len(features), size, [pre.length(f) for f in features]):
+            batch = to_device(pre.collate([features[i] for i in idx]), tuner.device)
+            with torch.inference_mode(), tuner.precision.autocast():
+                outputs = task.forward(model, batch)
+            logits, labels = task.aligned(outputs.logits.float(), batch["labels"])
+            totals["loss"] += task.loss_sum(outputs.logits.float(), batch["labels"], smoothing=False).double()
+            totals["targets"] += task.count_targets(batch)
+            recs = [records[i] for i in idx]
+            generative = task.name != "classification"
+            yield EvalBatch(
+                task=task.name, logits=logits, labels=labels, records=recs,
+                prompts=[pre.format_prompt(r) for r in recs] if generative else None,
+                references=[str(r.get("target", r.get("text", ""))) for r in recs] if generative else None,
+            )
+            if events is not None and state is not None:
+                state.batch = batch
+                events.emit("eval_batch", state)
+
+    def generate(prompts: list[str]) -> list[str]:
+        return generate_texts(model, tuner.tokenizer, prompts, batch_size=size,
+                              max_new_tokens=tuner.args.max_new_tokens, autocast=tuner.precision.autocast)
+
+    model.eval()
+    results = _suite(tuner).run(batches(), generate=generate if task.generates else None, slices=slices,
+                                confidence=confidence, seed=tuner.args.seed)
+    loss = float(totals["loss"] / max(1, totals["targets"]))
+    return {"loss": loss, **results}
+
+
+@torch.inference_mode()
+def predict_records(tuner: FineTuner, records: list[dict[str, Any]], batch_size: int | None = None,
+                    max_new_tokens: int | None = None) -> list[Any]:
+    """Labels with scores (classification) or generated texts (LM tasks)."""
+    model, pre = tuner.model, tuner.preprocessor
+    size = batch_size or tuner.args.eval_batch_size or 2 * tuner.args.batch_size
+    model.eval()
+    if tuner.task.name != "classification":
+        prompts = [pre.format_prompt(r) for r in records]
+        return generate_texts(model, tuner.tokenizer, prompts, batch_size=size,
+                              max_new_tokens=max_new_tokens or tuner.args.max_new_tokens,
+                              autocast=tuner.precision.autocast)
+    features = pre.encode([{k: v for k, v in r.items() if k != "label"} for r in records], "predict")
+    names = pre.label_names or []
+    out: list[Any] = [None] * len(features)
+    for idx in sequential_batches(len(features), size, [pre.length(f) for f in features]):
+        batch = to_device(pre.collate([features[i] for i in idx]), tuner.device)
+        with tuner.precision.autocast():
+            probs = model(**batch).logits.float().softmax(-1)
+        scores, ids = probs.max(-1)
+        for j, i in enumerate(idx):
+            out[i] = {"label": names[int(ids[j])] if names else int(ids[j]), "score": float(scores[j])}
+    return out
+
+
+__all__ = ["evaluate_model", "predict_records", "IGNORE_INDEX"]

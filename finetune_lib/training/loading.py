@@ -1,0 +1,109 @@
+"""Loading models and tokenizers, and checking that they fit the task and the data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer
+
+from ..tasks import Task
+
+REQUIRED_KEYS = {"classification": ("text", "label"), "causal_lm": ("target",), "seq2seq": ("prompt", "target")}
+
+
+def as_records(data: Any, split: str, task: str, need_labels: bool = True) -> list[dict[str, Any]]:
+    """Accept a Records/list of dicts, a pandas DataFrame, a DatasetBuilder or an HF Dataset.
+
+    Checks that the records carry the keys the task needs, and are not empty.
+    """
+    if data is None:
+        raise ValueError(f"The {split} data is None. Pass a list of records or a split from DatasetBuilder.")
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
+        data = data.to_dict("records")
+    elif hasattr(data, "records") and not isinstance(data, Mapping):  # DatasetBuilder
+        data = data.records
+    if isinstance(data, (str, Path)):
+        raise TypeError(f"The {split} data is a path ({data!s}); load it first: "
+                        f"DatasetBuilder.from_file({str(data)!r}, text=..., label=...).")
+    if not isinstance(data, Iterable):
+        raise TypeError(f"The {split} data must be a sequence of records (dicts), not {type(data).__name__}.")
+    records = [dict(r) for r in data]
+    if not records:
+        raise ValueError(f"The {split} split is empty (0 records). Check the filters and the split sizes "
+                         "given to DatasetBuilder.split().")
+    if not isinstance(records[0], dict):
+        raise TypeError(f"{split} records must be dicts with keys like 'text' and 'label'.")
+    needed = REQUIRED_KEYS[task]
+    if task == "causal_lm":
+        needed = ("target",) if "target" in records[0] else ("text",)
+    if not need_labels:
+        needed = tuple(k for k in needed if k not in ("label", "target"))
+    for i, r in enumerate(records):
+        missing = [k for k in needed if k not in r]
+        if missing:
+            hint = ", ".join(f"{k}='<your column>'" for k in missing)
+            raise ValueError(f"Record {i} of {split} has no {missing} field for task {task!r}; its keys are "
+                             f"{sorted(r)}. Rename the columns, e.g. DatasetBuilder.from_records(data, {hint}).")
+    return records
+
+
+def max_positions(config: Any) -> int | None:
+    """The longest sequence a model's position embeddings allow (None when unbounded, like T5)."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_tokenizer(source: Any, tokenizer: Any) -> Any:
+    if tokenizer is not None:
+        return AutoTokenizer.from_pretrained(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+    if isinstance(source, (str, Path)):
+        return AutoTokenizer.from_pretrained(str(source))
+    raise ValueError("A model object was passed without a tokenizer. Pass tokenizer=... (a tokenizer object "
+                     "or a hub id / folder), or pass the model as a hub id or folder.")
+
+
+def load_model(source: Any, task: Task, labels: dict[str, Any] | None) -> torch.nn.Module:
+    """`from_pretrained` with the right head (and label names for classification), or the object itself."""
+    if isinstance(source, torch.nn.Module):
+        model = source
+        if task.name == "classification" and labels:
+            have = int(getattr(model.config, "num_labels", 0))
+            if have != len(labels["id2label"]):
+                raise ValueError(f"The model has a head for {have} labels but the data has "
+                                 f"{len(labels['id2label'])} ({list(labels['id2label'].values())[:10]}). Pass the "
+                                 "model as a hub id or folder so the head is built for the data, or fix the labels.")
+            model.config.id2label, model.config.label2id = labels["id2label"], labels["label2id"]
+        return model
+    kwargs: dict[str, Any] = {}
+    if task.name == "classification" and labels:
+        kwargs = {"num_labels": len(labels["id2label"]), **labels, "ignore_mismatched_sizes": True}
+    try:
+        return task.auto_class.from_pretrained(str(source), **kwargs)
+    except OSError as e:
+        raise OSError(f"Could not load a model from {source!r}: {e}. Give a local folder written by "
+                      "save_pretrained()/FineTuner.save(), or a hub id (with network access).") from e
+    except ValueError as e:
+        if "Unrecognized configuration class" in str(e):
+            raise ValueError(f"{source!r} has no {task.name} head ({e}). Choose a task this architecture "
+                             "supports: encoders for classification, decoders for causal_lm, "
+                             "encoder-decoders for seq2seq.") from e
+        raise
+
+
+def check_token_ids(features: list[dict[str, Any]], model: torch.nn.Module, split: str) -> None:
+    """Token ids must index the model's embedding table (a tokenizer from another model would not)."""
+    emb = model.get_input_embeddings()
+    size = emb.num_embeddings if emb is not None else None
+    if size is None or not features:
+        return
+    worst = max((max(f["input_ids"]) if f["input_ids"] else 0) for f in features)
+    if worst >= size:
+        raise ValueError(f"{split} has token id {worst} but the model's embedding table has {size} rows: the "
+                         "tokenizer does not belong to this model. Use the model's own tokenizer, or call "
+                         "model.resize_token_embeddings(len(tokenizer)) if you added tokens on purpose.")
