@@ -1,0 +1,280 @@
+"""``Records``: a named list of plain dict records, the currency of the data pipeline.
+
+Standard keys (see ``docs/internals.md``):
+
+* classification: ``text`` (str) and ``label`` (int or str);
+* generation: ``prompt`` (str, may be empty) and ``target`` (str), or only ``text`` for a causal LM;
+* ``group`` (optional, for grouped splits); any other column is kept as it is.
+
+Example:
+    >>> r = Records([{"text": "good", "label": 1}, {"text": "bad", "label": 0}], name="train")
+    >>> r.columns, r.label_counts(), r[:1].name
+    (['text', 'label'], {1: 1, 0: 1}, 'train')
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, SupportsIndex, overload
+
+__all__ = ["Records", "STANDARD_KEYS", "build_records", "record_key", "record_text"]
+
+logger = logging.getLogger("finetune_lib.data")
+
+STANDARD_KEYS: tuple[str, ...] = ("text", "label", "prompt", "target", "group")
+
+
+def record_text(record: Mapping[str, Any]) -> str:
+    """The text a model reads for ``record``: ``text`` if present, else ``prompt`` + ``target``.
+
+    Used for length statistics; a causal-LM or classification record has ``text``.
+    """
+    text = record.get("text")
+    if text is not None:
+        return str(text)
+    prompt = record.get("prompt") or ""
+    target = record.get("target") or ""
+    return f"{prompt} {target}" if prompt and target else str(prompt or target)
+
+
+def record_key(record: Mapping[str, Any]) -> str:
+    """The string that identifies a record's content for duplicate and leakage checks.
+
+    ``text`` if the record has one, else prompt and target joined by a unit separator (so that
+    ``("a b", "c")`` and ``("a", "b c")`` differ).
+    """
+    text = record.get("text")
+    if text is not None:
+        return str(text)
+    return f"{record.get('prompt') or ''}\x1f{record.get('target') or ''}"
+
+
+class Records(list):  # type: ignore[type-arg]
+    """A ``list`` of dict records with a ``name`` (``"train"``, ``"validation"``, a file stem...).
+
+    Slicing keeps the type and the name. ``FineTuner.fit`` / ``evaluate`` and the ``Preprocessor``
+    accept it wherever a list of dicts is accepted.
+    """
+
+    def __init__(self, records: Iterable[dict[str, Any]] = (), name: str = "records") -> None:
+        super().__init__(records)
+        self.name = name
+
+    # -- list behaviour that should keep the type ---------------------------------------------
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Records: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> dict[str, Any] | Records:
+        if isinstance(index, slice):
+            return Records(super().__getitem__(index), name=self.name)
+        return super().__getitem__(index)
+
+    def copy(self) -> Records:  # type: ignore[override]
+        """A shallow copy of the list (the dicts are shared); see :meth:`deepcopy` for new dicts."""
+        return Records(self, name=self.name)
+
+    def deepcopy(self) -> Records:
+        """A copy with new dicts (values shared), safe to modify record by record."""
+        return Records((dict(r) for r in self), name=self.name)
+
+    def __add__(self, other: Iterable[dict[str, Any]]) -> Records:  # type: ignore[override]
+        return Records([*self, *other], name=self.name)
+
+    def __repr__(self) -> str:
+        return f"Records(name={self.name!r}, n={len(self)}, columns={self.columns})"
+
+    def __reduce__(self) -> Any:
+        return (Records, (list(self), self.name))
+
+    # -- helpers ----------------------------------------------------------------------------
+    @property
+    def columns(self) -> list[str]:
+        """Keys present in any record, in first-seen order."""
+        seen: dict[str, None] = {}
+        for record in self:
+            for key in record:
+                seen.setdefault(key, None)
+        return list(seen)
+
+    def column(self, key: str, default: Any = None) -> list[Any]:
+        """The values of ``key``, one per record (``default`` where missing)."""
+        return [record.get(key, default) for record in self]
+
+    @property
+    def texts(self) -> list[str]:
+        """The model-input text of each record (``text``, or ``prompt`` + ``target``)."""
+        return [record_text(r) for r in self]
+
+    @property
+    def labels(self) -> list[Any]:
+        """The ``label`` of each record (``None`` where missing)."""
+        return self.column("label")
+
+    def label_counts(self) -> dict[Any, int]:
+        """Count of each label, most frequent first (empty when there are no labels)."""
+        counts = Counter(r["label"] for r in self if r.get("label") is not None)
+        return dict(counts.most_common())
+
+    def filter(self, predicate: Callable[[dict[str, Any]], bool]) -> Records:
+        """A new ``Records`` with the records for which ``predicate`` is true."""
+        return Records((r for r in self if predicate(r)), name=self.name)
+
+    def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Records:
+        """A new ``Records`` of ``fn(record)`` for each record."""
+        return Records((fn(r) for r in self), name=self.name)
+
+    def to_pandas(self) -> Any:
+        """A ``pandas.DataFrame`` with one row per record (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError('Records.to_pandas needs pandas: pip install "finetune_lib[pandas]"') from err
+        return pd.DataFrame(list(self), columns=self.columns)
+
+
+# --------------------------------------------------------------------------- column mapping
+
+
+def _resolve_mapping(table: Any, mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """Which source column feeds each standard key; raises when a named column is missing."""
+    from .loaders import DataError
+
+    columns = list(table.columns)
+    given = {k: v for k, v in mapping.items() if v is not None}
+    if table.headerless and not given:
+        if len(columns) > 2:
+            raise DataError(f"{table.source}: the file has no header and {len(columns)} columns; "
+                            "say which is which by position, e.g. text=0, label=1")
+        given = {"text": 0, "label": 1} if len(columns) == 2 else {"text": 0}
+    resolved: dict[str, Any] = {}
+    for key in STANDARD_KEYS:
+        col = given.get(key, key if key in columns and key not in given.values() else None)
+        if col is None:
+            continue
+        if col not in columns:
+            hint = ""
+            if table.headerless and isinstance(col, str):
+                hint = " The file has no header line: address columns by position, e.g. text=0, label=1."
+            elif not table.headerless and isinstance(col, int):
+                hint = " The file has a header line: address columns by name (or pass has_header=False)."
+            raise DataError(f"{table.source}: column {col!r} (for {key}=) not found; available columns: "
+                            f"{columns}.{hint}")
+        resolved[key] = col
+    if "text" not in resolved and "target" not in resolved:
+        raise DataError(f"{table.source}: no text column; pass text=<column> (or prompt= and target= for "
+                        f"generation); available columns: {columns}")
+    return resolved
+
+
+def _as_text(value: Any, where: str, column: Any) -> str | None:
+    from .loaders import DataError
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(f"{where}: column {column!r} holds a {type(value).__name__} ({value!r:.60}), expected text")
+
+
+def _label_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return "int"
+    return type(value).__name__
+
+
+def _normalize_labels(records: list[dict[str, Any]], where: list[str], typed: bool, source: str,
+                      column: Any) -> None:
+    """Give all labels one type (numeric strings from CSV become numbers) or raise naming examples."""
+    from .loaders import DataError, _is_number
+
+    if not records:
+        return
+    labels = [r["label"] for r in records]
+    for i, label in enumerate(labels):
+        if isinstance(label, (list, dict, set, tuple)):
+            raise DataError(f"{where[i]}: column {column!r} holds a {type(label).__name__}; a label must be "
+                            "one int or string (multi-label data is not supported)")
+    if not typed:
+        labels = [v.strip() if isinstance(v, str) else v for v in labels]
+        if all(isinstance(v, str) and _is_number(v) for v in labels):
+            numbers = [float(v) for v in labels]
+            labels = [int(x) for x in numbers] if all(x.is_integer() for x in numbers) else numbers
+        kinds = ["number" if isinstance(v, str) and _is_number(v) else "text" for v in labels]
+    else:
+        kinds = [_label_kind(v) for v in labels]
+        if set(kinds) == {"int"}:
+            labels = [int(v) for v in labels]
+        elif set(kinds) == {"int", "float"}:
+            kinds = ["float"] * len(kinds)
+    first: dict[str, int] = {}
+    for i, kind in enumerate(kinds):
+        first.setdefault(kind, i)
+    if len(first) > 1:
+        examples = "; ".join(f"{k} at {where[i]}: {labels[i]!r}" for k, i in first.items())
+        raise DataError(f"{source}: column {column!r} mixes label types ({examples}). Make all labels one "
+                        "type (all int ids or all strings) before loading.")
+    for record, label in zip(records, labels, strict=True):
+        record["label"] = label
+
+
+def build_records(table: Any, mapping: Mapping[str, Any], *, name: str, strict: bool = False) -> Records:
+    """Map a :class:`~finetune_lib.data.loaders.RawTable`'s columns onto the standard keys and validate.
+
+    Rows with an empty text / target / label / group are dropped and counted in ``table.drops``
+    (or raise a ``DataError`` naming the row and column when ``strict``). Other columns are kept
+    (positional ones as ``column_<i>``).
+    """
+    from .loaders import DataError
+
+    resolved = _resolve_mapping(table, mapping)
+    used = set(resolved.values())
+    extra = [c for c in table.columns if c not in used]
+    clash = [c for c in extra if c in resolved]
+    if clash:
+        logger.warning("%s: column(s) %s replaced by the mapped column(s) %s", table.source, clash,
+                       {k: resolved[k] for k in clash})
+    extra = [c for c in extra if c not in resolved]
+    out: list[dict[str, Any]] = []
+    where: list[str] = []
+    for row, loc in zip(table.rows, table.locations, strict=True):
+        rec: dict[str, Any] = {}
+        reason = None
+        for key, col in resolved.items():
+            value = row.get(col)
+            if key in ("text", "prompt", "target"):
+                value = _as_text(value, loc, col)
+                if key == "prompt":
+                    value = value or ""
+                elif value is None or not value.strip():
+                    reason = f"empty_{key}"
+            elif value is None or (isinstance(value, str) and not value.strip()):
+                reason = f"empty_{key}"
+            rec[key] = value
+            if reason:
+                if strict:
+                    raise DataError(f"{loc}: empty value in column {col!r} (for {key}=); fill it or drop the "
+                                    "row (strict=False drops and counts such rows)")
+                table.drops.add(reason, loc)
+                break
+        if reason:
+            continue
+        for col in extra:
+            if col in row:
+                rec[f"column_{col}" if isinstance(col, int) else col] = row[col]
+        out.append(rec)
+        where.append(loc)
+    if "label" in resolved:
+        _normalize_labels(out, where, table.typed, table.source, resolved["label"])
+    table.drops.log(table.source)
+    if not out:
+        raise DataError(f"{table.source}: no records left (dropped: {dict(table.drops.counts)})")
+    return Records(out, name=name)
