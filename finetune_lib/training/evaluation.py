@@ -21,6 +21,9 @@ def _suite(tuner: FineTuner) -> Any:
 
     if tuner.metrics is None:
         tuner.metrics = MetricSuite.default(tuner.task.name)
+    if "loss" in tuner.metrics.names:
+        raise ValueError("A metric is named 'loss', which is the key of the evaluation loss FineTuner reports. "
+                         "Give it another name, e.g. MyMetric(name='my_loss').")
     return tuner.metrics
 
 
