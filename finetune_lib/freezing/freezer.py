@@ -232,6 +232,15 @@ class LayerFreezer(Callback):
         self._scales: dict[str, float] = {}
         self._prefix = NoGradPrefix()
 
+    def __repr__(self) -> str:
+        """The settings, stable across runs (it is part of a run's resume fingerprint)."""
+        names = ("train_last", "freeze_first", "train_fraction", "include", "exclude", "freeze_embeddings",
+                 "freeze_head", "unfreeze_every", "unfreeze_unit", "lr_decay", "no_grad_prefix", "blocks")
+        defaults = {"freeze_embeddings": True, "freeze_head": False, "unfreeze_unit": "steps", "no_grad_prefix": True}
+        shown = [f"{n}={getattr(self, n)!r}" for n in names
+                 if getattr(self, n) is not None and getattr(self, n) != defaults.get(n, None)]
+        return f"LayerFreezer({', '.join(shown)})"
+
     # -- applying -----------------------------------------------------------------------------------
     def apply(self, model: nn.Module) -> FreezeSummary:
         """Freeze `model` in place, prepare gradual unfreezing and layer-wise decay; return the summary.

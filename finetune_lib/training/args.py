@@ -30,6 +30,8 @@ class TrainingArgs:
         eval_batch_size: examples per evaluation batch (default: 2 x batch_size).
         max_new_tokens: tokens to generate for LM predictions and text metrics.
         seed: seeds Python, NumPy and torch, and the data order.
+        on_nonfinite: "stop" (default) raises at a NaN/inf loss or gradient before the weights change;
+            "skip" drops that step and goes on (counted in the log as `train/skipped_steps`).
     """
 
     epochs: float = 3
@@ -51,6 +53,7 @@ class TrainingArgs:
     eval_batch_size: int | None = None
     max_new_tokens: int = 64
     seed: int = 0
+    on_nonfinite: str = "stop"
 
     def validate(self) -> None:
         def positive(name: str, value: Any, integer: bool = False) -> None:
@@ -70,6 +73,8 @@ class TrainingArgs:
                              f"({self.gradient_accumulation}): each micro-batch holds batch_size / gradient_accumulation.")
         if self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1 or self.warmup_steps < 0:
             raise ValueError("weight_decay and warmup_steps must be >= 0, and warmup_ratio in [0, 1).")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}.")
         for name in ("eval_every", "save_every"):
             value = getattr(self, name)
             if value != "epoch" and value is not None:

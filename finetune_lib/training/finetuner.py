@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,17 @@ import torch
 from ..data.collate import LengthGroupedBatches, to_device
 from ..data.preprocessor import Preprocessor
 from ..tasks import Task, get_task
-from . import checkpoint as ckpt
 from .args import TrainingArgs
 from .callbacks import JSONLLogger, ProgressBar
 from .evaluation import evaluate_model, predict_records
 from .events import Callback, CallbackList, TrainState
-from .loading import as_records, check_token_ids, load_model, load_tokenizer, max_positions
+from .guards import NonFiniteLossError, OutOfMemoryError, StopSignals, is_out_of_memory, nonfinite_message
+from .loading import as_records, check_token_ids, labels_from_model, load_model, load_tokenizer, max_positions
 from .optim import Schedule, add_parameter_groups, build_optimizer, parameter_groups
 from .precision import resolve_precision
-from .rundir import LOG_FILE, check_output_dir, compare_fingerprints, prepare_output_dir
+from .resume import fingerprint as run_fingerprint
+from .resume import restore, write_checkpoint
+from .rundir import LOG_FILE, check_output_dir, prepare_output_dir
 
 log = logging.getLogger("finetune_lib")
 
@@ -119,7 +120,7 @@ class FineTuner:
         steps_per_epoch = -(-len(batches) // args.gradient_accumulation)
         max_steps = args.max_steps or max(1, int(round(steps_per_epoch * args.epochs)))
         # 4. the run folder (refuses to mix runs), callbacks, optimizer and schedule
-        fingerprint = self._fingerprint()
+        fingerprint = run_fingerprint(self)
         prepare_output_dir(self.output_dir, resume_from is not None, self.overwrite, fingerprint)
         state = self.state = TrainState(tuner=self, model=model, max_steps=max_steps)
         state.extra["batches_per_epoch"] = len(batches)
@@ -135,78 +136,76 @@ class FineTuner:
         scaler = self.precision.scaler()
         # 5. resume: weights, callbacks (they may add parameter groups), optimizer, RNG, data position
         if resume_from is not None:
-            self._restore(resume_from, state, events, scaler, fingerprint, allow_config_change)
+            restore(self, resume_from, state, events, scaler, fingerprint, allow_config_change)
         log.info("training %d steps (%d per epoch), %d examples, micro-batch %d x %d", max_steps,
                  steps_per_epoch, len(train_features), micro, args.gradient_accumulation)
         events.emit("fit_start", state)
         running_loss, running_windows, grad_norm = torch.zeros((), device=self.device), 0, None
-        while state.step < max_steps and not state.should_stop:
-            order = batches.epoch(state.epoch)
-            if state.batch_in_epoch >= len(order):  # resumed right at an epoch boundary
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                continue
-            if state.batch_in_epoch == 0:
-                events.emit("epoch_start", state)
-            windows = [order[i: i + args.gradient_accumulation] for i in range(0, len(order), args.gradient_accumulation)]
-            for window in windows[state.batch_in_epoch // args.gradient_accumulation:]:
-                # 6. the micro-batches of one optimizer step; the loss is normalized by all their targets
-                micro_batches = [pre.collate([train_features[i] for i in idx]) for idx in window]
-                state.num_targets = sum(self.task.count_targets(b) for b in micro_batches)
-                state.penalties = {}
-                for batch in micro_batches:
-                    state.batch = to_device(batch, self.device)
-                    events.emit("batch_start", state)
-                    # forward in mixed precision; the loss in float32
-                    with self.precision.autocast():
-                        state.outputs = self.task.forward(model, state.batch)
-                        state.loss = self.task.loss(state.outputs, state.batch, state.num_targets)
-                    # regularizers add their penalties here
-                    events.emit("loss_computed", state)
-                    # backward (scaled for fp16)
-                    (scaler.scale(state.loss) if scaler else state.loss).backward()
-                    running_loss += state.loss.detach()
-                # 7. unscale, let callbacks see the gradients, clip, step, schedule
-                if scaler:
-                    scaler.unscale_(self.optimizer)
-                events.emit("before_optimizer_step", state)
-                if args.max_grad_norm:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(
-                        [p for g in self.optimizer.param_groups for p in g["params"]], args.max_grad_norm)
-                if scaler:
-                    scaler.step(self.optimizer)
-                    scaler.update()
-                else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.schedule.step()
-                state.step += 1
-                state.batch_in_epoch += len(window)
-                running_windows += 1
-                events.emit("optimizer_step", state)
-                events.emit("batch_end", state)
-                # 8. log (the only place the loss is read back to the host), evaluate, checkpoint
-                if state.step % args.log_every == 0 or state.step == max_steps:
-                    self._log(state, events, {"train/loss": (running_loss / running_windows).item(),
-                                              "train/lr": self.optimizer.param_groups[0]["lr"],
-                                              **({"train/grad_norm": float(grad_norm)} if grad_norm is not None else {}),
-                                              **{f"train/{k}": float(v) for k, v in state.penalties.items()}})
-                    running_loss.zero_()
-                    running_windows = 0
-                if val_features and isinstance(args.eval_every, int) and state.step % args.eval_every == 0:
+        with StopSignals() as signals:
+            while state.step < max_steps and not state.should_stop:
+                order = batches.epoch(state.epoch)
+                if state.batch_in_epoch >= len(order):  # resumed right at an epoch boundary
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                    continue
+                if state.batch_in_epoch == 0:
+                    events.emit("epoch_start", state)
+                accum = args.gradient_accumulation
+                windows = [order[i: i + accum] for i in range(0, len(order), accum)]
+                for window in windows[state.batch_in_epoch // accum:]:
+                    # 6. forward and backward over the micro-batches of one optimizer step
+                    window_loss = self._forward_backward(window, train_features, state, events, scaler)
+                    # 7. unscale, let callbacks see the gradients, clip
+                    if scaler:
+                        scaler.unscale_(self.optimizer)
+                    events.emit("before_optimizer_step", state)
+                    if args.max_grad_norm:
+                        grad_norm = torch.nn.utils.clip_grad_norm_(
+                            [p for g in self.optimizer.param_groups for p in g["params"]], args.max_grad_norm)
+                    # 8. a NaN/inf loss stops (or skips) the step before the weights change
+                    if not scaler and not self._finite(window_loss, grad_norm, state, window):
+                        state.batch_in_epoch += len(window)
+                        continue
+                    running_loss += window_loss
+                    if scaler:
+                        scaler.step(self.optimizer)
+                        scaler.update()
+                    else:
+                        self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.schedule.step()
+                    state.step += 1
+                    state.batch_in_epoch += len(window)
+                    running_windows += 1
+                    events.emit("optimizer_step", state)
+                    events.emit("batch_end", state)
+                    # 9. log (the only place the loss is read back to the host), evaluate, checkpoint
+                    if state.step % args.log_every == 0 or state.step == max_steps:
+                        self._log(state, events, {"train/loss": (running_loss / running_windows).item(),
+                                                  "train/lr": self.optimizer.param_groups[0]["lr"],
+                                                  **({"train/grad_norm": float(grad_norm)} if grad_norm is not None else {}),
+                                                  **{f"train/{k}": float(v) for k, v in state.penalties.items()},
+                                                  **({"train/skipped_steps": state.extra["skipped_steps"]}
+                                                     if "skipped_steps" in state.extra else {})})
+                        running_loss.zero_()
+                        running_windows = 0
+                    if val_features and isinstance(args.eval_every, int) and state.step % args.eval_every == 0:
+                        self._evaluate_during_fit(state, events, val_records, val_features)
+                    if isinstance(args.save_every, int) and state.step % args.save_every == 0:
+                        write_checkpoint(self, state, events, scaler, fingerprint)
+                    if signals.received is not None:  # SIGTERM/SIGINT: this step is done; save and stop
+                        write_checkpoint(self, state, events, scaler, fingerprint)
+                        signals.raise_stop(state.extra.get("last_checkpoint"))
+                    if state.should_stop or state.step >= max_steps:
+                        break
+                # 10. end of epoch: evaluate and checkpoint when asked per epoch
+                epoch_done = state.batch_in_epoch >= len(order)
+                if epoch_done and val_features and args.eval_every == "epoch":
                     self._evaluate_during_fit(state, events, val_records, val_features)
-                if isinstance(args.save_every, int) and state.step % args.save_every == 0:
-                    self._checkpoint(state, events, scaler, fingerprint)
-                if state.should_stop or state.step >= max_steps:
-                    break
-            # 9. end of epoch: evaluate and checkpoint when asked per epoch
-            epoch_done = state.batch_in_epoch >= len(order)
-            if epoch_done and val_features and args.eval_every == "epoch":
-                self._evaluate_during_fit(state, events, val_records, val_features)
-            if (epoch_done or state.step >= max_steps or state.should_stop) and args.save_every == "epoch":
-                self._checkpoint(state, events, scaler, fingerprint)
-            if epoch_done:
-                events.emit("epoch_end", state)
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                if (epoch_done or state.step >= max_steps or state.should_stop) and args.save_every == "epoch":
+                    write_checkpoint(self, state, events, scaler, fingerprint)
+                if epoch_done:
+                    events.emit("epoch_end", state)
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         events.emit("fit_end", state)
         model.eval()
         return self.history
@@ -257,6 +256,75 @@ class FineTuner:
         add_parameter_groups(self.optimizer, groups, self.schedule.factor() if self.schedule else 1.0)
 
     # ---- internals --------------------------------------------------------------------------------
+    def _forward_backward(self, window: list[list[int]], features: list[dict[str, Any]], state: TrainState,
+                          events: CallbackList, scaler: Any) -> torch.Tensor:
+        """Forward and backward over one step's micro-batches; returns the step's loss (detached).
+
+        The loss of each micro-batch is divided by the targets of the whole step, so the summed
+        gradients equal those of one big batch. On out-of-memory, the micro-batches are split in two
+        and the step is tried again: same examples, same math, less memory at a time.
+        """
+        pre, model = self.preprocessor, self.model
+        while True:
+            split = state.extra.get("micro_batch_split", 1)
+            pieces = [idx[i: i + max(1, -(-len(idx) // split))] for idx in window
+                      for i in range(0, len(idx), max(1, -(-len(idx) // split)))]
+            micro_batches = [pre.collate([features[i] for i in idx]) for idx in pieces]
+            state.num_targets = sum(self.task.count_targets(b) for b in micro_batches)
+            state.penalties = {}
+            total = torch.zeros((), device=self.device)
+            try:
+                for batch in micro_batches:
+                    state.batch = to_device(batch, self.device)
+                    events.emit("batch_start", state)
+                    # forward in mixed precision; the loss in float32
+                    with self.precision.autocast():
+                        state.outputs = self.task.forward(model, state.batch)
+                        state.loss = self.task.loss(state.outputs, state.batch, state.num_targets)
+                    # regularizers add their penalties here
+                    events.emit("loss_computed", state)
+                    # backward (scaled for fp16)
+                    (scaler.scale(state.loss) if scaler else state.loss).backward()
+                    total += state.loss.detach()
+                return total
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                state.outputs = state.loss = state.batch = None
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                largest = max(len(p) for p in pieces)
+                if largest <= 1:
+                    raise OutOfMemoryError(
+                        "Out of memory with one example per micro-batch. Lower max_length in the Preprocessor, "
+                        "use precision='bf16', freeze more blocks (LayerFreezer), enable gradient checkpointing "
+                        "(model.gradient_checkpointing_enable()), or use a larger device.") from error
+                state.extra["micro_batch_split"] = split * 2
+                log.warning("out of memory at step %d: micro-batches of %d examples split in two (%d per step, "
+                            "same effective batch)", state.step + 1, largest, len(pieces) * 2)
+
+    def _finite(self, window_loss: torch.Tensor, grad_norm: torch.Tensor | None, state: TrainState,
+                window: list[list[int]]) -> bool:
+        """False when this step must be skipped; raises when it must stop. Syncs one scalar per step."""
+        bad = not bool(torch.isfinite(window_loss)) and "loss"
+        bad = bad or (grad_norm is not None and not bool(torch.isfinite(grad_norm)) and "gradient norm")
+        if not bad:
+            state.extra["skipped_in_a_row"] = 0
+            return True
+        self.optimizer.zero_grad(set_to_none=True)
+        examples = [i for idx in window for i in idx]
+        message = nonfinite_message(f"The {bad}", state.step, state.epoch, state.batch_in_epoch, examples,
+                                    state.extra.get("last_checkpoint"))
+        if self.args.on_nonfinite == "stop":
+            raise NonFiniteLossError(message)
+        state.extra["skipped_steps"] = state.extra.get("skipped_steps", 0) + 1
+        state.extra["skipped_in_a_row"] = state.extra.get("skipped_in_a_row", 0) + 1
+        if state.extra["skipped_in_a_row"] >= 20:
+            raise NonFiniteLossError(f"20 steps in a row were not finite; training is diverging, not glitching. {message}")
+        log.warning("skipped: %s", message)
+        return False
+
     def _setup(self, records: list[dict[str, Any]] | None) -> None:
         """Load tokenizer and model once; learn labels from `records` (training data) when needed."""
         if self.tokenizer is None:
@@ -264,7 +332,7 @@ class FineTuner:
         pre = self.preprocessor
         classification = self.task.name == "classification"
         if classification and not pre.label2id:
-            model_labels = self._labels_from_model()
+            model_labels = labels_from_model(self.model if self.model is not None else self.model_source)
             if records is None:  # evaluate/predict before fit: the model's own labels
                 if model_labels is None:
                     raise RuntimeError("The label names are unknown: call fit() first, or load a fine-tuned model.")
@@ -283,23 +351,6 @@ class FineTuner:
             pre.setup(self.tokenizer, self.task.name, None, max_positions(self.model.config))
             if getattr(self.model.config, "pad_token_id", None) is None:
                 self.model.config.pad_token_id = self.tokenizer.pad_token_id
-
-    def _labels_from_model(self) -> list[Any] | None:
-        """Label names of an already fine-tuned classifier (None for generic `LABEL_i` names)."""
-        source = self.model if self.model is not None else self.model_source
-        config = getattr(source, "config", None)
-        if config is None and isinstance(source, (str, Path)):
-            from transformers import AutoConfig
-
-            try:
-                config = AutoConfig.from_pretrained(str(source))
-            except (OSError, ValueError):
-                return None
-        id2label = getattr(config, "id2label", None) or {}
-        names = [id2label[i] for i in sorted(id2label)]
-        if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
-            return None
-        return names
 
     def _callbacks(self) -> list[Callback]:
         built: list[Callback] = []
@@ -334,74 +385,9 @@ class FineTuner:
         self._log(state, events, {f"validation/{k}": v for k, v in results.items()})
         events.emit("eval_end", state)
 
-    def _fingerprint(self) -> dict[str, Any]:
-        source = self.model_source
-        return {
-            "model": str(source) if isinstance(source, (str, Path)) else type(source).__name__,
-            "task": self.task.name,
-            "labels": [str(n) for n in self.preprocessor.label_names or []],
-            "batch_size": self.args.batch_size,
-            "gradient_accumulation": self.args.gradient_accumulation,
-            "max_length": self.preprocessor.max_length,
-            "freezer": repr(self.freezer) if self.freezer is not None else None,
-            "seed": self.args.seed,
-        }
-
-    def _checkpoint(self, state: TrainState, events: CallbackList, scaler: Any, fingerprint: dict[str, Any]) -> None:
-        if self.output_dir is None:
-            return
-        trainer_state = {
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": scaler.state_dict() if scaler else {},
-            "rng": ckpt.rng_state(),
-            "position": {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch},
-            "callbacks": {key: cb.state_dict() for key, cb in _keyed(events.callbacks)},
-        }
-        info = {"position": trainer_state["position"], "fingerprint": fingerprint, "history": self.history,
-                "args": asdict(self.args)}
-        path = ckpt.save_checkpoint(self.output_dir / "checkpoints", state.step, self.model, trainer_state, info,
-                                    keep=self.args.keep_checkpoints)
-        state.extra["last_checkpoint"] = str(path)
-        events.emit("checkpoint", state)
-
-    def _restore(self, path: Path, state: TrainState, events: CallbackList, scaler: Any,
-                 fingerprint: dict[str, Any], allow_config_change: bool) -> None:
-        saved, info = ckpt.load_checkpoint(path, self.model)
-        changes = compare_fingerprints(info.get("fingerprint", {}), fingerprint)
-        if changes and not allow_config_change:
-            raise ValueError(f"The run in {self.output_dir} was made with other settings:\n  " + "\n  ".join(changes)
-                             + "\nResume with the same settings, pass allow_config_change=True to fit() to "
-                             "continue anyway, or start a new run in another output_dir.")
-        for key, cb in _keyed(events.callbacks):
-            if key in saved["callbacks"]:
-                cb.load_state_dict(saved["callbacks"][key])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.schedule.load_state_dict(saved["schedule"])
-        if scaler and saved["scaler"]:
-            scaler.load_state_dict(saved["scaler"])
-        ckpt.set_rng_state(saved["rng"])
-        pos = saved["position"]
-        state.step, state.epoch, state.batch_in_epoch = int(pos["step"]), int(pos["epoch"]), int(pos["batch_in_epoch"])
-        self.history = list(info.get("history", []))
-        for cb in events.callbacks:
-            if isinstance(cb, JSONLLogger):
-                cb.rewrite(self.history)
-        log.info("resumed from %s at step %d (epoch %d)", path, state.step, state.epoch)
-
     @staticmethod
     def _seed_everything(seed: int) -> None:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-
-def _keyed(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
-    """Stable keys for callback state: class name and rank among callbacks of that class."""
-    seen: dict[str, int] = {}
-    out = []
-    for cb in callbacks:
-        name = type(cb).__name__
-        out.append((f"{name}:{seen.get(name, 0)}", cb))
-        seen[name] = seen.get(name, 0) + 1
-    return out

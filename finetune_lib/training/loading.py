@@ -107,3 +107,20 @@ def check_token_ids(features: list[dict[str, Any]], model: torch.nn.Module, spli
         raise ValueError(f"{split} has token id {worst} but the model's embedding table has {size} rows: the "
                          "tokenizer does not belong to this model. Use the model's own tokenizer, or call "
                          "model.resize_token_embeddings(len(tokenizer)) if you added tokens on purpose.")
+
+
+def labels_from_model(source: Any) -> list[Any] | None:
+    """Label names of an already fine-tuned classifier (None for generic `LABEL_i` names)."""
+    config = getattr(source, "config", None)
+    if config is None and isinstance(source, (str, Path)):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(str(source))
+        except (OSError, ValueError):
+            return None
+    id2label = getattr(config, "id2label", None) or {}
+    names = [id2label[i] for i in sorted(id2label)]
+    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return None
+    return names
