@@ -71,6 +71,7 @@ class TrainState:
         batch_in_epoch: micro-batches of the current epoch already consumed.
         max_steps: optimizer steps the run will take.
         batch: the current micro-batch (tensors on the device), during batch events.
+        example_ids: indices (into the training features) of the examples in `batch`.
         outputs: the model's outputs for `batch`, from `loss_computed` on.
         loss: the current micro-batch loss, already divided by the target tokens (or examples) of
             the whole accumulated batch; callbacks may add to it in `on_loss_computed`.
@@ -90,6 +91,7 @@ class TrainState:
     batch_in_epoch: int = 0
     max_steps: int = 0
     batch: dict[str, torch.Tensor] | None = None
+    example_ids: list[int] = field(default_factory=list)
     outputs: Any = None
     loss: torch.Tensor | None = None
     num_targets: int = 0

@@ -274,8 +274,8 @@ class FineTuner:
             state.penalties = {}
             total = torch.zeros((), device=self.device)
             try:
-                for batch in micro_batches:
-                    state.batch = to_device(batch, self.device)
+                for idx, batch in zip(pieces, micro_batches):
+                    state.batch, state.example_ids = to_device(batch, self.device), idx
                     events.emit("batch_start", state)
                     # forward in mixed precision; the loss in float32
                     with self.precision.autocast():
