@@ -29,11 +29,11 @@ demo: $(STAMP)
 	$(PY) -m finetune_lib.demo
 
 test: $(STAMP)
-	$(PY) -m ruff check finetune_lib tests bench
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check finetune_lib tests bench
+	$(PY) -m ruff check .
 	$(PY) -m mypy finetune_lib
 
 bench: $(STAMP)

@@ -84,7 +84,8 @@ class Seq2SeqTask(Task):
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         if "decoder_input_ids" not in inputs:
-            inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+            inner = getattr(model, "module", model)  # the model itself, also under DistributedDataParallel
+            inputs["decoder_input_ids"] = inner.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
         return model(**inputs)
 
     def count_targets(self, batch: dict[str, torch.Tensor]) -> int:

@@ -38,8 +38,11 @@ def evaluate_model(tuner: FineTuner, records: list[dict[str, Any]], features: li
         raise ValueError("Evaluation needs labels (classification) or targets (generation) in every record.")
     totals = {"loss": torch.zeros((), dtype=torch.float64, device=tuner.device), "targets": 0}
 
+    mine = tuner.dist.shard(range(len(features)))  # each process evaluates a disjoint shard
+
     def batches() -> Iterator[EvalBatch]:
-        for idx in sequential_batches(len(features), size, [pre.length(f) for f in features]):
+        for part in sequential_batches(len(mine), size, [pre.length(features[i]) for i in mine]):
+            idx = [mine[j] for j in part]
             batch = to_device(pre.collate([features[i] for i in idx]), tuner.device)
             with torch.inference_mode(), tuner.precision.autocast():
                 outputs = task.forward(model, batch)
@@ -64,7 +67,9 @@ def evaluate_model(tuner: FineTuner, records: list[dict[str, Any]], features: li
     model.eval()
     results = _suite(tuner).run(batches(), generate=generate if task.generates else None, slices=slices,
                                 confidence=confidence, seed=tuner.args.seed)
-    loss = float(totals["loss"] / max(1, totals["targets"]))
+    loss_sum = tuner.dist.sum(totals["loss"])
+    targets = tuner.dist.sum(torch.tensor(float(totals["targets"]), dtype=torch.float64, device=tuner.device))
+    loss = float(loss_sum / targets.clamp(min=1))
     return {"loss": loss, **results}
 
 

@@ -17,6 +17,7 @@ from ..data.preprocessor import Preprocessor
 from ..tasks import Task, get_task
 from .args import TrainingArgs
 from .callbacks import JSONLLogger, ProgressBar
+from .distributed import DistributedContext, main_first
 from .evaluation import evaluate_model, predict_records
 from .events import Callback, CallbackList, TrainState
 from .guards import NonFiniteLossError, OutOfMemoryError, StopSignals, is_out_of_memory, nonfinite_message
@@ -77,11 +78,13 @@ class FineTuner:
         self.user_callbacks = list(callbacks)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.overwrite = overwrite
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dist = DistributedContext.from_env()
+        self.device = self.dist.device(device)
         self.precision = resolve_precision(self.args.precision, self.device)
         self.progress = progress
         self.weight_decay = self.args.weight_decay
         self.model: torch.nn.Module | None = None
+        self._train_model: torch.nn.Module | None = None  # the model, or its DDP wrapper during fit
         self.tokenizer: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.schedule: Schedule | None = None
@@ -106,6 +109,8 @@ class FineTuner:
         train_records = as_records(train, "train", self.task.name)
         val_records = as_records(validation, "validation", self.task.name) if validation is not None else None
         resume_from = check_output_dir(self.output_dir, resume, self.overwrite)
+        self.dist.init(self.device)
+        self.dist.barrier()  # every process has checked the folder before rank 0 writes to it
         # 2. model, tokenizer and labels
         self._setup(train_records)
         assert self.model is not None
@@ -121,14 +126,20 @@ class FineTuner:
         max_steps = args.max_steps or max(1, int(round(steps_per_epoch * args.epochs)))
         # 4. the run folder (refuses to mix runs), callbacks, optimizer and schedule
         fingerprint = run_fingerprint(self)
-        prepare_output_dir(self.output_dir, resume_from is not None, self.overwrite, fingerprint)
+        with main_first(self.dist):
+            if self.dist.is_main:
+                prepare_output_dir(self.output_dir, resume_from is not None, self.overwrite, fingerprint)
         state = self.state = TrainState(tuner=self, model=model, max_steps=max_steps)
         state.extra["batches_per_epoch"] = len(batches)
         events = CallbackList(self._callbacks())
         events.emit("setup", state)
         if self.freezer is not None:
             self.freezer.apply(model)
+            if self.dist.enabled and getattr(self.freezer, "unfreeze_every", None):
+                raise ValueError("Gradual unfreezing changes the trainable parameters during training, which "
+                                 "DistributedDataParallel does not allow. Use a fixed LayerFreezer with torchrun.")
         model.train()
+        self._train_model = self.dist.wrap(model, self.device)  # DDP over the trainable parameters
         groups = parameter_groups(model, args.learning_rate, self.weight_decay, self._lr_scale())
         self.optimizer = state.optimizer = build_optimizer(groups, args.learning_rate, self.device)
         warmup = args.warmup_steps or int(args.warmup_ratio * max_steps)
@@ -162,7 +173,7 @@ class FineTuner:
                         grad_norm = torch.nn.utils.clip_grad_norm_(
                             [p for g in self.optimizer.param_groups for p in g["params"]], args.max_grad_norm)
                     # 8. a NaN/inf loss stops (or skips) the step before the weights change
-                    if not scaler and not self._finite(window_loss, grad_norm, state, window):
+                    if not scaler and not self._finite(self.dist.sum(window_loss), grad_norm, state, window):
                         state.batch_in_epoch += len(window)
                         continue
                     running_loss += window_loss
@@ -180,7 +191,8 @@ class FineTuner:
                     events.emit("batch_end", state)
                     # 9. log (the only place the loss is read back to the host), evaluate, checkpoint
                     if state.step % args.log_every == 0 or state.step == max_steps:
-                        self._log(state, events, {"train/loss": (running_loss / running_windows).item(),
+                        self._log(state, events, {"train/loss": (self.dist.sum(running_loss) / self.dist.world_size
+                                                                  / running_windows).item(),
                                                   "train/lr": self.optimizer.param_groups[0]["lr"],
                                                   **({"train/grad_norm": float(grad_norm)} if grad_norm is not None else {}),
                                                   **{f"train/{k}": float(v) for k, v in state.penalties.items()},
@@ -264,27 +276,35 @@ class FineTuner:
         gradients equal those of one big batch. On out-of-memory, the micro-batches are split in two
         and the step is tried again: same examples, same math, less memory at a time.
         """
-        pre, model = self.preprocessor, self.model
+        pre = self.preprocessor
         while True:
             split = state.extra.get("micro_batch_split", 1)
             pieces = [idx[i: i + max(1, -(-len(idx) // split))] for idx in window
                       for i in range(0, len(idx), max(1, -(-len(idx) // split)))]
+            shares, weights = pieces, [1.0] * len(pieces)
             micro_batches = [pre.collate([features[i] for i in idx]) for idx in pieces]
             state.num_targets = sum(self.task.count_targets(b) for b in micro_batches)
+            if self.dist.enabled:  # each process keeps its share of every piece (the count stays global)
+                shares = [self.dist.shard(idx) or idx[:1] for idx in pieces]
+                weights = [float(self.dist.world_size) if self.dist.shard(idx) else 0.0 for idx in pieces]
+                micro_batches = [pre.collate([features[i] for i in idx]) for idx in shares]
             state.penalties = {}
             total = torch.zeros((), device=self.device)
             try:
-                for idx, batch in zip(pieces, micro_batches):
+                for n, (idx, batch) in enumerate(zip(shares, micro_batches)):
                     state.batch, state.example_ids = to_device(batch, self.device), idx
                     events.emit("batch_start", state)
-                    # forward in mixed precision; the loss in float32
-                    with self.precision.autocast():
-                        state.outputs = self.task.forward(model, state.batch)
-                        state.loss = self.task.loss(state.outputs, state.batch, state.num_targets)
-                    # regularizers add their penalties here
-                    events.emit("loss_computed", state)
-                    # backward (scaled for fp16)
-                    (scaler.scale(state.loss) if scaler else state.loss).backward()
+                    with self.dist.no_sync(self._train_model, last=n == len(micro_batches) - 1):
+                        # forward in mixed precision; the loss in float32
+                        with self.precision.autocast():
+                            state.outputs = self.task.forward(self._train_model, state.batch)
+                            state.loss = self.task.loss(state.outputs, state.batch, state.num_targets)
+                        if self.dist.enabled:  # undo DDP's averaging: the step's gradient is a sum over shares
+                            state.loss = state.loss * weights[n]
+                        # regularizers add their penalties here
+                        events.emit("loss_computed", state)
+                        # backward (scaled for fp16)
+                        (scaler.scale(state.loss) if scaler else state.loss).backward()
                     total += state.loss.detach()
                 return total
             except Exception as error:
@@ -360,9 +380,9 @@ class FineTuner:
             if isinstance(self.freezer, Callback):
                 built.append(self.freezer)
         built += self.regularizers + self.user_callbacks
-        if self.output_dir is not None:
+        if self.output_dir is not None and self.dist.is_main:
             built.append(JSONLLogger(self.output_dir / LOG_FILE))
-        built.append(ProgressBar(self.progress))
+        built.append(ProgressBar(self.progress if self.dist.is_main else False))
         return built
 
     def _lr_scale(self) -> Callable[[str], float] | None:

@@ -38,6 +38,9 @@ def write_checkpoint(tuner: FineTuner, state: TrainState, events: CallbackList, 
     """Everything an exact resume needs, written atomically under `<output_dir>/checkpoints`."""
     if tuner.output_dir is None:
         return
+    if not tuner.dist.is_main:  # rank 0 writes; the others wait until the checkpoint is complete
+        tuner.dist.barrier()
+        return
     trainer_state = {
         "optimizer": tuner.optimizer.state_dict(),
         "schedule": tuner.schedule.state_dict(),
@@ -51,6 +54,7 @@ def write_checkpoint(tuner: FineTuner, state: TrainState, events: CallbackList, 
     path = ckpt.save_checkpoint(tuner.output_dir / "checkpoints", state.step, tuner.model, trainer_state, info,
                                 keep=tuner.args.keep_checkpoints)
     state.extra["last_checkpoint"] = str(path)
+    tuner.dist.barrier()
     events.emit("checkpoint", state)
 
 
