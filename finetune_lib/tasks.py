@@ -47,7 +47,10 @@ class Task:
 
         `smoothing=False` gives the plain loss (evaluation) even when label smoothing is on.
         """
-        logits, labels = self.aligned(logits, labels)
+        return self.aligned_loss_sum(*self.aligned(logits, labels), smoothing=smoothing)
+
+    def aligned_loss_sum(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: bool = True) -> torch.Tensor:
+        """`loss_sum` for logits and labels already aligned by `aligned`."""
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX,
             reduction="sum", label_smoothing=self.label_smoothing if smoothing else 0.0,
@@ -71,7 +74,8 @@ class CausalLMTask(Task):
         super().__init__("causal_lm", auto_class=AutoModelForCausalLM, generates=True)
 
     def aligned(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits[:, :-1, :], labels[:, 1:]
+        # shift the labels left instead of slicing the logits: no copy of the [B, T, V] logits
+        return logits, F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
     def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())

@@ -45,20 +45,27 @@ def evaluate_model(tuner: FineTuner, records: list[dict[str, Any]], features: li
             idx = [mine[j] for j in part]
             batch = to_device(pre.collate([features[i] for i in idx]), tuner.device)
             with torch.inference_mode(), tuner.precision.autocast():
-                outputs = task.forward(model, batch)
-            logits, labels = task.aligned(outputs.logits.float(), batch["labels"])
-            totals["loss"] += task.loss_sum(outputs.logits.float(), batch["labels"], smoothing=False).double()
+                logits = task.forward(model, batch).logits.float()
+            logits, labels = task.aligned(logits, batch["labels"])
+            with torch.inference_mode():
+                totals["loss"] += task.aligned_loss_sum(logits, labels, smoothing=False).double()
             totals["targets"] += task.count_targets(batch)
             recs = [records[i] for i in idx]
             generative = task.name != "classification"
-            yield EvalBatch(
+            item = EvalBatch(
                 task=task.name, logits=logits, labels=labels, records=recs,
                 prompts=[pre.format_prompt(r) for r in recs] if generative else None,
                 references=[str(r.get("target", r.get("text", ""))) for r in recs] if generative else None,
             )
+            del logits, labels
+            yield item
+            # the suite is done with this batch: let its logits go before the next forward pass
+            item.logits = item.labels = None  # type: ignore[assignment]
+            del item
             if events is not None and state is not None:
                 state.batch = batch
                 events.emit("eval_batch", state)
+            del batch
 
     def generate(prompts: list[str]) -> list[str]:
         return generate_texts(model, tuner.tokenizer, prompts, batch_size=size,
