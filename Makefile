@@ -37,7 +37,9 @@ lint: $(STAMP)
 	$(PY) -m mypy finetune_lib
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet $(PIP_ARGS) -e ".[demo,dev,bench]"
 	$(PY) bench/run.py
+	$(PY) bench/preprocess_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
