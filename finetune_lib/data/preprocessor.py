@@ -28,6 +28,8 @@ class EncodeStats:
     examples: int = 0
     truncated: int = 0
     truncated_indices: list[int] = field(default_factory=list)
+    packed_rows: int | None = None  # rows after packing (None: not packed)
+    packing_efficiency: float | None = None  # real tokens / (packed_rows * pack_length)
 
 
 class Preprocessor:
@@ -46,13 +48,22 @@ class Preprocessor:
         labels: the label names in id order; by default sorted from the training data (integer
             labels 0..K-1 keep their values).
         batch_size: texts per call of the fast tokenizer.
+        pack: causal LM only: pack several training examples into each row of at most
+            `pack_length` tokens, attention kept inside each example (see
+            `finetune_lib.data.packing`). Only the "train" split is packed; evaluation stays
+            per example. `batch_size` then counts rows, not examples.
+        pack_length: tokens per packed row; None uses `max_length`. Examples are truncated to
+            `min(max_length, pack_length)` by the usual rules.
     """
 
     def __init__(self, clean: Sequence[str | Callable[[str], str]] | None = None, max_length: int | None = None,
                  strict: bool = False, prompt_template: str = "{prompt}", use_chat_template: bool = False,
-                 labels: Sequence[Any] | None = None, batch_size: int = 1000):
+                 labels: Sequence[Any] | None = None, batch_size: int = 1000, pack: bool = False,
+                 pack_length: int | None = None):
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must be at least 2 tokens, got {max_length}.")
+        if pack_length is not None and pack_length < 2:
+            raise ValueError(f"pack_length must be at least 2 tokens, got {pack_length}.")
         from .cleaning import DEFAULT_STEPS, compose
 
         self.clean_steps = list(DEFAULT_STEPS if clean is None else clean)
@@ -63,6 +74,7 @@ class Preprocessor:
         self.use_chat_template = use_chat_template
         self.label_names: list[Any] | None = list(labels) if labels is not None else None
         self.batch_size = batch_size
+        self.pack, self.pack_length = pack, pack_length
         self.tokenizer: Any = None
         self.task: str | None = None
         self.label2id: dict[Any, int] = {}
@@ -72,6 +84,8 @@ class Preprocessor:
     def setup(self, tokenizer: Any, task: str, train_records: Sequence[Mapping[str, Any]] | None = None,
               max_positions: int | None = None) -> Preprocessor:
         """Bind a tokenizer and a task, learn the label mapping, settle `max_length`."""
+        if self.pack and task != "causal_lm":
+            raise ValueError(f"pack=True is for task 'causal_lm' only, not {task!r}. Set pack=False.")
         self.tokenizer, self.task = tokenizer, task
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token is None:
@@ -145,15 +159,29 @@ class Preprocessor:
         return self.prompt_template.format(**{**record, "prompt": prompt}) if prompt else ""
 
     def encode(self, records: Sequence[Mapping[str, Any]], split: str = "train") -> list[dict[str, Any]]:
-        """Features for each record: `input_ids`, `attention_mask`, `labels`. Counts truncations."""
+        """Features for each record: `input_ids`, `attention_mask`, `labels`. Counts truncations.
+
+        With `pack=True` the "train" split comes back as packed rows (`finetune_lib.data.packing`).
+        """
         self._require_setup()
+        packing = self.pack and split == "train"
+        limit = min(int(self.max_length or 512), self.pack_length or 10**9) if packing else None
         if self.task == "classification":
             features = self._encode_classification(records, split)
         else:
-            features = self._encode_generation(records, split)
+            features = self._encode_generation(records, split, limit)
         st = self.stats[split]
         if st.truncated:
-            log.info("%s: %d of %d examples truncated to %d tokens.", split, st.truncated, st.examples, self.max_length)
+            log.info("%s: %d of %d examples truncated to %d tokens.", split, st.truncated, st.examples,
+                     limit or self.max_length)
+        if packing:
+            from .packing import pack_features, packing_efficiency
+
+            row_length = int(self.pack_length or self.max_length or 512)
+            features = pack_features(features, row_length)
+            st.packed_rows, st.packing_efficiency = len(features), packing_efficiency(features, row_length)
+            log.info("%s: %d examples packed into %d rows of %d tokens (%.0f%% filled).", split, st.examples,
+                     st.packed_rows, row_length, 100 * st.packing_efficiency)
         return features
 
     def _tokenize(self, texts: list[str], **kw: Any) -> list[list[int]]:
@@ -168,10 +196,13 @@ class Preprocessor:
                   for i, r in enumerate(records)]
         stats = EncodeStats(examples=len(texts))
         features: list[dict[str, Any]] = []
+        limit = int(self.max_length or 0)
         for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[start: start + self.batch_size], truncation=True, max_length=self.max_length)
+            # only the ids come back to Python: masks are rebuilt from lengths, token types are all 0
+            enc = self.tokenizer(texts[start: start + self.batch_size], truncation=True, max_length=self.max_length,
+                                 return_attention_mask=False, return_token_type_ids=False)
             for j, ids in enumerate(enc["input_ids"]):
-                if enc.encodings and enc.encodings[j].overflowing:
+                if len(ids) >= limit and enc.encodings and enc.encodings[j].overflowing:
                     self._truncated(stats, start + j, split)
                 f: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * len(ids)}
                 if labels[start + j] is not None:
@@ -180,8 +211,9 @@ class Preprocessor:
         self.stats[split] = stats
         return features
 
-    def _encode_generation(self, records: Sequence[Mapping[str, Any]], split: str) -> list[dict[str, Any]]:
-        tok, limit = self.tokenizer, int(self.max_length or 512)
+    def _encode_generation(self, records: Sequence[Mapping[str, Any]], split: str,
+                           limit: int | None = None) -> list[dict[str, Any]]:
+        tok, limit = self.tokenizer, int(limit or self.max_length or 512)
         eos = tok.eos_token_id
         prompts = [self.format_prompt(r) if "prompt" in r or "target" in r else "" for r in records]
         targets = [self.clean_text(str(r["target"] if "target" in r else r.get("text", ""))) for r in records]
@@ -204,7 +236,7 @@ class Preprocessor:
                 features.append({"input_ids": p, "attention_mask": [1] * len(p), "labels": t})
                 continue
             if len(p) + len(t) > limit:
-                self._truncated(stats, i, split)
+                self._truncated(stats, i, split, limit)
                 keep_prompt = max(0, limit - len(t))  # cut the prompt from the left first, then the target's end
                 p = p[len(p) - keep_prompt:] if keep_prompt else []
                 t = t[: limit - len(p)]
@@ -215,9 +247,11 @@ class Preprocessor:
         self.stats[split] = stats
         return features
 
-    def _truncated(self, stats: EncodeStats, index: int, split: str) -> None:
+    def _truncated(self, stats: EncodeStats, index: int, split: str, limit: int | None = None) -> None:
         if self.strict:
-            raise ValueError(f"Record {index} of {split} is longer than max_length={self.max_length} tokens "
+            what = f"pack_length={limit}" if limit is not None and limit != self.max_length else \
+                f"max_length={self.max_length}"
+            raise ValueError(f"Record {index} of {split} is longer than {what} tokens "
                              "and strict=True. Raise max_length, shorten the text, or set strict=False to truncate.")
         stats.truncated += 1
         if len(stats.truncated_indices) < 100:
