@@ -42,7 +42,8 @@ class FineTuner:
         preprocessor: a `Preprocessor` (default: one with safe cleaning and the model's length limit).
         freezer: a `LayerFreezer`, to train only the last blocks.
         regularizers: `Regularizer` objects (weight decay, dropout, early stopping, ...).
-        metrics: a `MetricSuite`; by default accuracy and macro F1 (classification) or perplexity.
+        metrics: a `MetricSuite`; by default accuracy and macro F1 (classification), or perplexity and
+            token accuracy (LM tasks).
         callbacks: your own `Callback` objects.
         output_dir: where the log and checkpoints go; None keeps everything in memory.
         overwrite: replace a run already in `output_dir` (only this library's files are removed).
