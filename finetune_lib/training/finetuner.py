@@ -16,17 +16,18 @@ from ..data.collate import LengthGroupedBatches, to_device
 from ..data.preprocessor import Preprocessor
 from ..tasks import Task, get_task
 from .args import TrainingArgs
-from .callbacks import JSONLLogger, ProgressBar
+from .callbacks import ProgressBar
 from .distributed import DistributedContext, main_first
 from .evaluation import evaluate_model, predict_records
 from .events import Callback, CallbackList, TrainState
 from .guards import NonFiniteLossError, OutOfMemoryError, StopSignals, is_out_of_memory, nonfinite_message
 from .loading import as_records, check_token_ids, labels_from_model, load_model, load_tokenizer, max_positions
+from .loggers import make_loggers
 from .optim import Schedule, add_parameter_groups, build_optimizer, parameter_groups
 from .precision import resolve_precision
 from .resume import fingerprint as run_fingerprint
 from .resume import restore, write_checkpoint
-from .rundir import LOG_FILE, check_output_dir, prepare_output_dir
+from .rundir import check_output_dir, prepare_output_dir
 
 log = logging.getLogger("finetune_lib")
 
@@ -49,6 +50,8 @@ class FineTuner:
         overwrite: replace a run already in `output_dir` (only this library's files are removed).
         device: "cpu", "cuda", ...; default: CUDA when available.
         progress: show progress bars (None: only in a terminal or Jupyter).
+        loggers: where logged records go (with an output_dir): "jsonl", "csv", "tensorboard", "live"
+            (a plot that updates in Jupyter), or your own `Callback` objects.
         **settings: the fields of `TrainingArgs` (epochs, batch_size, learning_rate, ...).
 
     Example:
@@ -62,7 +65,7 @@ class FineTuner:
                  preprocessor: Preprocessor | None = None, freezer: Any = None,
                  regularizers: Sequence[Callback] = (), metrics: Any = None, callbacks: Sequence[Callback] = (),
                  output_dir: str | Path | None = None, overwrite: bool = False, device: str | None = None,
-                 progress: bool | None = None, **settings: Any):
+                 progress: bool | None = None, loggers: Sequence[str | Callback] = ("jsonl",), **settings: Any):
         unknown = set(settings) - set(TrainingArgs.__dataclass_fields__)
         if unknown:
             raise TypeError(f"Unknown FineTuner setting(s) {sorted(unknown)}. Known: "
@@ -83,6 +86,12 @@ class FineTuner:
         self.device = self.dist.device(device)
         self.precision = resolve_precision(self.args.precision, self.device)
         self.progress = progress
+        self.loggers = list(loggers)
+        make_loggers([x for x in self.loggers if isinstance(x, str)], None)  # unknown names fail here
+        self.data_summary: Any = None  # sizes and label balance of the data, for the model card
+        self.last_results: dict[str, float] | None = None  # the last evaluate() results, for the model card
+        self.last_confidence: float | None = None
+        self.last_artifacts: dict[str, Any] = {}
         self.weight_decay = self.args.weight_decay
         self.model: torch.nn.Module | None = None
         self._train_model: torch.nn.Module | None = None  # the model, or its DDP wrapper during fit
@@ -110,6 +119,10 @@ class FineTuner:
         train_records = as_records(train, "train", self.task.name)
         val_records = as_records(validation, "validation", self.task.name) if validation is not None else None
         resume_from = check_output_dir(self.output_dir, resume, self.overwrite)
+        if self.data_summary is None:
+            from ..data.report import build_report
+
+            self.data_summary = build_report({"train": train_records, **({"validation": val_records} if val_records else {})})
         self.dist.init(self.device)
         self.dist.barrier()  # every process has checked the folder before rank 0 writes to it
         # 2. model, tokenizer and labels
@@ -230,7 +243,10 @@ class FineTuner:
         self._setup(records)
         features = self.preprocessor.encode(records, "evaluation")
         check_token_ids(features, self.model, "evaluation")
-        return evaluate_model(self, records, features, slices=slices, confidence=confidence, batch_size=batch_size)
+        results = evaluate_model(self, records, features, slices=slices, confidence=confidence, batch_size=batch_size)
+        self.last_results, self.last_confidence = dict(results), confidence
+        self.last_artifacts = dict(getattr(self.metrics, "last_artifacts", {}))  # e.g. a confusion matrix
+        return results
 
     def predict(self, texts: Sequence[str] | Sequence[Mapping[str, Any]], batch_size: int | None = None,
                 max_new_tokens: int | None = None) -> list[Any]:
@@ -381,8 +397,8 @@ class FineTuner:
             if isinstance(self.freezer, Callback):
                 built.append(self.freezer)
         built += self.regularizers + self.user_callbacks
-        if self.output_dir is not None and self.dist.is_main:
-            built.append(JSONLLogger(self.output_dir / LOG_FILE))
+        if self.dist.is_main:
+            built += make_loggers(self.loggers, self.output_dir)
         built.append(ProgressBar(self.progress if self.dist.is_main else False))
         return built
 

@@ -53,7 +53,8 @@ def prepare_output_dir(output_dir: Path | None, resuming: bool, overwrite: bool,
     clean_stale(output_dir / CHECKPOINTS)
     if not resuming and overwrite:
         shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
-        for name in (RUN_FILE, LOG_FILE):
+        shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)
+        for name in (RUN_FILE, LOG_FILE, "log.csv"):
             (output_dir / name).unlink(missing_ok=True)
     (output_dir / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint}, indent=2, default=str))
 
