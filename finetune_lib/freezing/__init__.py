@@ -11,6 +11,7 @@ Example:
 """
 
 from .blocks import Block, BlockDiscoveryError, ModelParts, compile_patterns, find_parts, module_tree
+from .cache import PrefixCache
 from .freezer import LayerFreezer, freeze, layerwise_lr_scales, trainable_selection
 from .nograd import NoGradPrefix
 from .summary import FreezeSummary, SummaryRow, build_summary
@@ -22,6 +23,7 @@ __all__ = [
     "LayerFreezer",
     "ModelParts",
     "NoGradPrefix",
+    "PrefixCache",
     "SummaryRow",
     "build_summary",
     "compile_patterns",

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..training.events import Callback, TrainState
 from .blocks import ModelParts, compile_patterns, find_parts
+from .cache import PrefixCache
 from .nograd import NoGradPrefix
 from .summary import FreezeSummary, build_summary
 
@@ -184,6 +185,13 @@ class LayerFreezer(Callback):
             the top `decay**i`, embeddings `decay**n_blocks`. None: no decay (`lr_scale` is None).
         no_grad_prefix: run the frozen bottom blocks without autograd (default True; turn off if you
             need gradients with respect to the inputs, as in adversarial training on embeddings).
+        cache_prefix: run the frozen prefix (embeddings + frozen bottom blocks) in eval mode, store its
+            output per training example in the first epoch and skip the prefix in later epochs (see
+            `finetune_lib.freezing.cache`). Needs frozen embeddings and a frozen bottom block; not for
+            encoder-decoder models. Opt-in because dropout is off in the prefix, which changes training
+            slightly. Costs stored tokens x hidden size x 4 bytes (float32). A block unfrozen by gradual
+            unfreezing empties the cache, which refills from the next batches.
+        cache_device: where the cached states live (default "cpu").
         blocks: module path(s) of the block list(s), when discovery needs help.
 
     Example:
@@ -205,6 +213,8 @@ class LayerFreezer(Callback):
         lr_decay: float | None = None,
         no_grad_prefix: bool = True,
         blocks: str | Sequence[str] | None = None,
+        cache_prefix: bool = False,
+        cache_device: str = "cpu",
     ):
         _validate(train_last, freeze_first, train_fraction)
         compile_patterns(include)
@@ -216,6 +226,11 @@ class LayerFreezer(Callback):
             raise ValueError(f"unfreeze_unit must be one of {', '.join(UNFREEZE_UNITS)}, got {unfreeze_unit!r}.")
         if lr_decay is not None and not (0.0 < float(lr_decay) <= 1.0):
             raise ValueError(f"lr_decay must be in (0, 1] (e.g. 0.8), got {lr_decay!r}.")
+        if not isinstance(cache_prefix, bool):
+            raise ValueError(f"cache_prefix must be True or False, got {cache_prefix!r}.")
+        if cache_prefix and not no_grad_prefix:
+            raise ValueError("cache_prefix=True skips the embeddings, so no gradient reaches the inputs; it cannot "
+                             "be combined with no_grad_prefix=False. Drop one of the two.")
         self.train_last, self.freeze_first, self.train_fraction = train_last, freeze_first, train_fraction
         self.include, self.exclude = include, exclude
         self.freeze_embeddings, self.freeze_head = freeze_embeddings, freeze_head
@@ -231,12 +246,16 @@ class LayerFreezer(Callback):
         self._unfrozen: list[int] = []  # blocks unfrozen so far by gradual unfreezing, in order
         self._scales: dict[str, float] = {}
         self._prefix = NoGradPrefix()
+        self.cache_prefix, self.cache_device = cache_prefix, cache_device
+        self.prefix_cache = PrefixCache(cache_device) if cache_prefix else None
 
     def __repr__(self) -> str:
         """The settings, stable across runs (it is part of a run's resume fingerprint)."""
         names = ("train_last", "freeze_first", "train_fraction", "include", "exclude", "freeze_embeddings",
-                 "freeze_head", "unfreeze_every", "unfreeze_unit", "lr_decay", "no_grad_prefix", "blocks")
-        defaults = {"freeze_embeddings": True, "freeze_head": False, "unfreeze_unit": "steps", "no_grad_prefix": True}
+                 "freeze_head", "unfreeze_every", "unfreeze_unit", "lr_decay", "no_grad_prefix", "blocks",
+                 "cache_prefix", "cache_device")
+        defaults = {"freeze_embeddings": True, "freeze_head": False, "unfreeze_unit": "steps", "no_grad_prefix": True,
+                    "cache_prefix": False, "cache_device": "cpu"}
         shown = [f"{n}={getattr(self, n)!r}" for n in names
                  if getattr(self, n) is not None and getattr(self, n) != defaults.get(n, None)]
         return f"LayerFreezer({', '.join(shown)})"
@@ -260,6 +279,8 @@ class LayerFreezer(Callback):
             self._queue = [b.index for b in reversed(parts.blocks) if self._frozen_names(b.index)]
         self._scales = layerwise_lr_scales(parts, self.lr_decay) if self.lr_decay is not None else {}
         self._update_prefix()
+        if self.prefix_cache is not None:
+            self.prefix_cache.install(model, parts)
         return self.summary()
 
     def summary(self) -> FreezeSummary:
@@ -285,8 +306,10 @@ class LayerFreezer(Callback):
         return self
 
     def remove_hooks(self) -> None:
-        """Remove the no-autograd hooks of the frozen prefix (they are reinstalled by `apply`)."""
+        """Remove the no-autograd hooks of the frozen prefix and the prefix cache (reinstalled by `apply`)."""
         self._prefix.remove()
+        if self.prefix_cache is not None:
+            self.prefix_cache.remove()
 
     @property
     def no_grad_blocks(self) -> int:
@@ -316,6 +339,8 @@ class LayerFreezer(Callback):
             self._params()[name].requires_grad_(True)
         self._unfrozen.append(index)
         self._update_prefix()
+        if self.prefix_cache is not None:  # a shorter prefix: the cached states are stale
+            self.prefix_cache.install(self.model, self.parts, strict=False)
         tuner = tuner if tuner is not None else self._tuner
         if tuner is not None and names:
             adder = getattr(tuner, "add_trainable_parameters", None)
@@ -347,6 +372,25 @@ class LayerFreezer(Callback):
 
     def on_fit_end(self, state: TrainState) -> None:
         self._prefix.remove()  # training is over: leave the model as it was (apply() installs them again)
+        if self.prefix_cache is not None:
+            self.prefix_cache.remove()  # and free the cached states
+
+    # the prefix cache stores or replays only the training forward of the current micro-batch
+    def on_fit_start(self, state: TrainState) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()  # new data: example ids mean other examples
+
+    def on_batch_start(self, state: TrainState) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.arm(state)
+
+    def on_before_optimizer_step(self, state: TrainState) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.disarm()
+
+    def on_eval_start(self, state: TrainState) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.disarm()
 
     def on_epoch_start(self, state: TrainState) -> None:
         if self.unfreeze_unit == "epochs":
