@@ -32,7 +32,7 @@ from common import RESULT_PREFIX  # noqa: E402
 EVAL_N, EVAL_N_QUICK = 40, 8
 WORKLOADS: dict[str, list[str]] = {
     "cls_full": ["ours", "trainer_default", "trainer_tuned", "hand", "ours_random"],
-    "cls_last2": ["ours", "trainer_default"],
+    "cls_last2": ["ours", "ours_cache", "trainer_default"],
     "causal": ["ours", "ours_packed"],
     "eval": ["ours", "trainer"],
 }
@@ -147,6 +147,9 @@ def flat(summary: dict[str, Any]) -> dict[str, Any]:
         f["cls_last2_epoch2plus_vs_trainer"] = ratio(get("cls_last2", "trainer_default", "epoch2plus_s"),
                                                      get("cls_last2", "ours", "epoch2plus_s"))
         f["cls_last2_accuracy"] = get("cls_last2", "ours", "accuracy")
+        f["cls_last2_cache_epoch2plus_vs_trainer"] = ratio(get("cls_last2", "trainer_default", "epoch2plus_s"),
+                                                           get("cls_last2", "ours_cache", "epoch2plus_s"))
+        f["cls_last2_cache_accuracy"] = get("cls_last2", "ours_cache", "accuracy")
     if "causal" in summary:
         packed = summary["causal"].get("ours_packed", {})
         f["causal_packing_vs_unpacked"] = (ratio(get("causal", "ours_packed", "target_tokens_per_s"),

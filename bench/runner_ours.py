@@ -43,12 +43,14 @@ class _Meter(Callback):
         self.clock.end()
 
 
-def _freezer(last2: bool) -> tuple[Any, str]:
+def _freezer(last2: bool, cache: bool = False) -> tuple[Any, str]:
     if not last2:
         return None, "none"
     try:
         from finetune_lib import LayerFreezer
 
+        if cache:  # opt-in: the frozen prefix runs without dropout, its outputs replayed after epoch 1
+            return LayerFreezer(train_last=2, cache_prefix=True), "LayerFreezer(train_last=2, cache_prefix=True)"
         return LayerFreezer(train_last=2), "LayerFreezer(train_last=2)"
     except (ImportError, AttributeError):
         return "manual", "manual requires_grad (LayerFreezer not available)"
@@ -59,7 +61,7 @@ def classification(cfg: dict[str, Any]) -> dict[str, Any]:
 
     train, test = amazon_split(cfg["quick"])
     epochs = 1 if cfg["quick"] else EPOCHS
-    freezer, freeze_how = _freezer(cfg["workload"] == "cls_last2")
+    freezer, freeze_how = _freezer(cfg["workload"] == "cls_last2", cache=cfg["runner"] == "ours_cache")
     meter = _Meter()
     t0 = time.perf_counter()
     model: Any = get_model_path()

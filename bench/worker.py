@@ -106,7 +106,8 @@ def main() -> None:
     if workload == "peak":
         res = peak()
     elif workload in ("cls_full", "cls_last2"):
-        module = {"ours": "runner_ours", "ours_random": "runner_ours", "trainer_default": "runner_trainer",
+        module = {"ours": "runner_ours", "ours_random": "runner_ours", "ours_cache": "runner_ours",
+                  "trainer_default": "runner_trainer",
                   "trainer_tuned": "runner_trainer", "hand": "runner_hand"}[runner]
         res = __import__(module).classification(cfg)
     elif workload == "causal":
