@@ -242,6 +242,11 @@ class DatasetBuilder:
             DataError: a requested split would be empty, or nothing would be left to train on.
         """
         n = len(self.records)
+        if n == 0:
+            dropped = sum(self.dropped.values()) + sum(v for k, v in self.dedup_counts.items() if k != "label_conflicts")
+            reasons = ", ".join(f"{k}: {v}" for k, v in {**self.dropped, **self.dedup_counts}.items() if v) or "none"
+            raise DataError(f"nothing left to split: 0 records kept of {dropped} read (dropped: {reasons}). Check the "
+                            "column mapping and loosen the filters before splitting.")
         sizes = {"validation": _count(validation, n, "validation"), "test": _count(test, n, "test")}
         if sizes["validation"] + sizes["test"] >= n:
             raise DataError(f"validation={validation!r} and test={test!r} leave no training records out of {n}")

@@ -253,3 +253,13 @@ def test_real_amazon_pipeline():
     assert report.dropped == {"stray_header": 1}
     for stats in report.splits:
         assert abs(stats.labels[0] - stats.labels[1]) <= 2
+
+
+def test_split_of_an_empty_builder_gives_kept_and_total_counts():
+    from finetune_lib import DatasetBuilder
+    from finetune_lib.data import DataError
+
+    b = DatasetBuilder.from_records([{"text": f"t{i}", "label": i % 2} for i in range(20)])
+    b = b.filter(lambda r: len(r["text"]) > 5, reason="too_short")
+    with pytest.raises(DataError, match=r"0 records kept of 20 read \(dropped: too_short: 20\)"):
+        b.split()

@@ -119,3 +119,16 @@ def test_resume_with_changed_settings_is_refused(tmp_path):
         changed.fit(classification_records(32), resume=True)
     changed.fit(classification_records(32), resume=True, allow_config_change=True)
     assert changed.state.step == 4
+
+
+def test_two_runs_with_the_same_seed_give_identical_weights(tmp_path):
+    data = classification_records(48)
+    a = make("bert", "classification", tmp_path / "a")
+    b = make("bert", "classification", tmp_path / "b")
+    a.fit(data)
+    b.fit(data)
+    for (n, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), n
+    c = make("bert", "classification", tmp_path / "c", seed=1)
+    c.fit(data)
+    assert not all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), c.model.state_dict().values()))
