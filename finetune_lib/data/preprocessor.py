@@ -78,6 +78,7 @@ class Preprocessor:
         self.tokenizer: Any = None
         self.task: str | None = None
         self.label2id: dict[Any, int] = {}
+        self.observed_labels: list[Any] = []
         self.stats: dict[str, EncodeStats] = {}
 
     # ---- set-up -----------------------------------------------------------------------------
@@ -115,6 +116,7 @@ class Preprocessor:
         if len(kinds) > 1 and not numeric:
             raise ValueError(f"Labels have mixed types ({', '.join(sorted(kinds))}). Use one type: all "
                              "strings (names) or all integers (ids).")
+        self.observed_labels = sorted({int(v) for v in values} if numeric else set(values))
         if self.label_names is None:
             if numeric:
                 ints = sorted({int(v) for v in values})

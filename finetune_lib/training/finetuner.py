@@ -379,7 +379,8 @@ class FineTuner:
                 pre.label_names = [type(records[0]["label"])(n) for n in model_labels]  # keep the head's order
             pre.fit_labels(records)
         if self.model is None:
-            labels = {"id2label": pre.id2label, "label2id": {str(n): i for i, n in enumerate(pre.label_names or [])}}
+            labels = {"id2label": pre.id2label, "label2id": {str(n): i for i, n in enumerate(pre.label_names or [])},
+                      "observed": pre.observed_labels}
             self._seed_everything(self.args.seed)  # a freshly initialized head is the same in every run
             self.model = load_model(self.model_source, self.task, labels if classification else None).to(self.device)
             if getattr(self.model.config, "pad_token_id", None) is None:

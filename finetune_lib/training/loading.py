@@ -75,14 +75,22 @@ def load_model(source: Any, task: Task, labels: dict[str, Any] | None) -> torch.
         if task.name == "classification" and labels:
             have = int(getattr(model.config, "num_labels", 0))
             if have != len(labels["id2label"]):
+                seen = labels.get("observed", [])
+                bad = [v for v in seen if isinstance(v, int) and not 0 <= v < have]
+                hint = ""
+                if bad and seen and min(seen) == 1 and max(seen) == have:
+                    hint = " The labels look 1-based (1..K): subtract 1 so they run from 0, or use names."
                 raise ValueError(f"The model has a head for {have} labels but the data has "
-                                 f"{len(labels['id2label'])} ({list(labels['id2label'].values())[:10]}). Pass the "
-                                 "model as a hub id or folder so the head is built for the data, or fix the labels.")
+                                 f"{len(labels['id2label'])} ({list(labels['id2label'].values())[:10]})"
+                                 + (f"; out of range for this head: {bad[:10]}." if bad else ".") + hint +
+                                 " Pass the model as a hub id or folder so the head is built for the data, or fix "
+                                 "the labels.")
             model.config.id2label, model.config.label2id = labels["id2label"], labels["label2id"]
         return model
     kwargs: dict[str, Any] = {}
     if task.name == "classification" and labels:
-        kwargs = {"num_labels": len(labels["id2label"]), **labels, "ignore_mismatched_sizes": True}
+        kwargs = {"num_labels": len(labels["id2label"]), "id2label": labels["id2label"],
+                  "label2id": labels["label2id"], "ignore_mismatched_sizes": True}
     try:
         return task.auto_class.from_pretrained(str(source), **kwargs)
     except OSError as e:

@@ -76,3 +76,11 @@ def test_tokenizer_from_another_model():
     t = FineTuner(model, "classification", tokenizer=tok, max_steps=1, progress=False)
     with pytest.raises(ValueError, match="embedding table has 50 rows"):
         t.fit(classification_records(16))
+
+
+def test_one_based_labels_are_caught_on_the_cpu_with_the_bad_values():
+    model, tok = model_and_tokenizer("bert", "classification", num_labels=2)
+    t = FineTuner(model, "classification", tokenizer=tok, max_steps=1, progress=False)
+    data = [{"text": "great phone", "label": 1}, {"text": "slow delivery", "label": 2}] * 4
+    with pytest.raises(ValueError, match=r"out of range for this head: \[2\].*look 1-based"):
+        t.fit(data)
