@@ -24,6 +24,10 @@ def collate(features: Sequence[dict[str, list[int]]], pad_token_id: int, pad_to_
     `input_ids` are padded with `pad_token_id`, `attention_mask` with 0, `labels` with -100 when
     they are sequences (a scalar label per example stays a 1-d tensor), `position_ids` with 0.
     """
+    if "seq_lengths" in features[0]:  # packed rows: block-diagonal causal mask (finetune_lib.data.packing)
+        from .packing import collate_packed
+
+        return collate_packed(features, pad_token_id, pad_to_multiple_of, padding_side)
     keys = features[0].keys()
     lengths = [len(f["input_ids"]) for f in features]
     width = max(lengths)
