@@ -26,7 +26,8 @@ def _tuner(arch: str, task: str, freezer: LayerFreezer, callbacks=(), **kw) -> F
     tok = tiny_tokenizer(kind=tokenizer_kind(arch))
     extra = {"num_labels": 2} if task == "classification" else {}
     model = tiny_model(arch, task, vocab_size=len(tok), **{n: 0.1 for n in DROPOUT[arch]}, **extra)
-    settings = dict(epochs=3, batch_size=8, learning_rate=2e-3, log_every=1, progress=False, device="cpu")
+    settings = dict(epochs=3, batch_size=8, learning_rate=2e-3, log_every=1, progress=False, device="cpu",
+                    precision="fp32")  # compared at fp32 tolerances; auto may pick bf16 on this CPU
     settings.update(kw)
     return FineTuner(model, task, tokenizer=tok, freezer=freezer, callbacks=list(callbacks), **settings)
 

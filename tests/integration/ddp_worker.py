@@ -13,7 +13,7 @@ def run(out: str | None, output_dir: str | None = None) -> tuple[dict, dict]:
     model, tok = model_and_tokenizer("bert", "classification", dropout=0.0, num_labels=2)
     tuner = FineTuner(model, "classification", tokenizer=tok, epochs=2, batch_size=8, gradient_accumulation=2,
                       learning_rate=2e-3, log_every=1, progress=False, freezer=LayerFreezer(train_last=2),
-                      output_dir=output_dir, group_by_length=True)
+                      output_dir=output_dir, group_by_length=True, precision="fp32")  # compared at fp32 tolerances
     data = classification_records(64)
     tuner.fit(data[:48], data[48:])
     results = tuner.evaluate(data[48:])

@@ -43,7 +43,8 @@ def test_accumulation_4x2_equals_1x8(arch, task):
         model, tok = model_and_tokenizer(arch, task, dropout=0.0, **kw)
         snap = GradSnapshot()
         tuner = FineTuner(model, task, tokenizer=tok, max_steps=1, batch_size=8, gradient_accumulation=accumulation,
-                          group_by_length=False, max_grad_norm=None, callbacks=[snap], progress=False)
+                          group_by_length=False, max_grad_norm=None, callbacks=[snap], progress=False,
+                          precision="fp32")  # the issue asks for equality at fp32 tolerance
         tuner.fit(data)
         grads.append(snap.grads)
     assert grads[0].keys() == grads[1].keys() and grads[0]

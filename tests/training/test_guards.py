@@ -80,9 +80,9 @@ class FakeOOM(Callback):
 
 def test_out_of_memory_halves_micro_batches_with_the_same_result(caplog):
     data = classification_records(48)
-    plain = make(dropout=0.0, max_steps=4, group_by_length=False)
+    plain = make(dropout=0.0, max_steps=4, group_by_length=False, precision="fp32")
     oom = FakeOOM(limit=2)
-    split = make(callbacks=[oom], dropout=0.0, max_steps=4, group_by_length=False)
+    split = make(callbacks=[oom], dropout=0.0, max_steps=4, group_by_length=False, precision="fp32")
     plain.fit(data)
     with caplog.at_level("WARNING", logger="finetune_lib"):
         split.fit(data)
