@@ -170,9 +170,11 @@ class MetricSuite:
                             m.name, m.example_stats(*routed.inputs[m.input]), routed.rows(m.input) + seen
                         )
             seen += routed.size
-        # 4. combine the processes (no-op unless torch.distributed is initialized)
+            # 4. drop this batch's tensors before the next forward pass: `routed` holds its logits
+            del routed, texts, batch
+        # 5. combine the processes (no-op unless torch.distributed is initialized)
         offsets, total = self._sync(sliced, seen)
-        # 5. compute: overall, then per slice
+        # 6. compute: overall, then per slice
         intervals = None
         if store is not None:
             assert confidence is not None

@@ -112,3 +112,41 @@ def test_metric_named_loss_is_refused():
     tuner.fit(classification_records(8))
     with pytest.raises(ValueError, match="named 'loss'"):
         tuner.evaluate(classification_records(8))
+
+
+def test_evaluation_keeps_one_batch_of_logits_alive():
+    """Memory stays flat over the eval set: when the model runs on batch k, nothing still holds the
+    logits (or the tensors they view) that metrics were handed for batches before k."""
+    import weakref
+
+    from finetune_lib.metrics import Metric
+
+    handed: list[weakref.ref] = []
+
+    class Watch(Metric):
+        input = "logits"
+
+        def __init__(self):
+            super().__init__(name="watch")
+            self.add_state("n", torch.zeros(()), reduce="sum")
+
+        def update(self, logits, target):
+            handed.append(weakref.ref(logits))
+            if logits._base is not None:
+                handed.append(weakref.ref(logits._base))
+            self.n += 1
+
+        def compute(self):
+            return float(self.n)
+
+    tuner = lm_tuner(metrics=MetricSuite([Perplexity(), Watch()]))
+    tuner.fit(generation_records(8))
+    alive_at_forward = []
+    hook = tuner.model.register_forward_pre_hook(
+        lambda module, args: alive_at_forward.append(sum(r() is not None for r in handed)))
+    try:
+        results = tuner.evaluate(generation_records(40), batch_size=4)
+    finally:
+        hook.remove()
+    assert results["watch"] == 10 and len(alive_at_forward) == 10
+    assert alive_at_forward == [0] * 10  # the previous batch's logits were released before each forward
