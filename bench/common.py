@@ -125,6 +125,23 @@ def set_threads() -> int:
     return torch.get_num_threads()
 
 
+def native_bf16() -> bool:
+    """True where bf16 autocast is fast: a CUDA GPU, or a CPU with AVX-512 BF16 / AMX (emulated bf16 is
+    slower than fp32). BENCH_BF16=0/1 overrides. The tuned Trainer and the hand loop use bf16 exactly
+    where finetune_lib's precision="auto" does, so all three do the same math."""
+    import torch
+
+    if os.environ.get("BENCH_BF16") in ("0", "1"):
+        return os.environ["BENCH_BF16"] == "1"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 # ---- FLOPs -----------------------------------------------------------------------------------------
 def matmul_flops_per_token(model: Any) -> dict[str, float]:
     """Matmul FLOPs per token of forward and backward, from the model's Linear-like weights.

@@ -33,7 +33,7 @@ EVAL_N, EVAL_N_QUICK = 40, 8
 WORKLOADS: dict[str, list[str]] = {
     "cls_full": ["ours", "trainer_default", "trainer_tuned", "hand", "ours_random"],
     "cls_last2": ["ours", "ours_cache", "trainer_default"],
-    "causal": ["ours", "ours_packed"],
+    "causal": ["ours", "ours_packed", "ours_random"],
     "eval": ["ours", "trainer"],
 }
 
@@ -155,6 +155,10 @@ def flat(summary: dict[str, Any]) -> dict[str, Any]:
         f["causal_packing_vs_unpacked"] = (ratio(get("causal", "ours_packed", "target_tokens_per_s"),
                                                  get("causal", "ours", "target_tokens_per_s"))
                                            if packed.get("available") else "not available")
+        # against unpacked rows in random order (what a padded collator gives), and against our own
+        # length-grouped unpacked rows (which already remove most padding)
+        f["causal_packing_vs_unpacked_random"] = ratio(get("causal", "ours_packed", "target_tokens_per_s"),
+                                                       get("causal", "ours_random", "target_tokens_per_s"))
         f["causal_target_tokens_per_s"] = get("causal", "ours", "target_tokens_per_s")
     if "eval" in summary:
         ev = summary["eval"]

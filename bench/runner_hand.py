@@ -2,7 +2,7 @@
 
 AdamW (fused kernel, as ours and the Trainer use; no weight decay), linear decay without warmup, gradient clipping at 1.0, batches of
 16 with dynamic padding, in the same length-grouped order (re-implemented here: shuffle, sort
-mega-batches of 50 batches by length, shuffle the batches; seeded by (seed, epoch)), fp32. This is
+mega-batches of 50 batches by length, shuffle the batches; seeded by (seed, epoch)), bf16 autocast where ours picks it (`common.native_bf16`). This is
 the floor the library's overhead is measured against.
 """
 
@@ -24,6 +24,7 @@ from common import (
     EpochClock,
     amazon_split,
     matmul_flops_per_token,
+    native_bf16,
     seed_all,
 )
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -56,6 +57,7 @@ def classification(cfg: dict[str, Any]) -> dict[str, Any]:
     epochs = 1 if cfg["quick"] else EPOCHS
     path = get_model_path()
     clock = EpochClock()
+    bf16 = native_bf16()
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(path)
     seed_all()
@@ -75,7 +77,8 @@ def classification(cfg: dict[str, Any]) -> dict[str, Any]:
         for idx in grouped_batches(lengths, BATCH, SEED, epoch):
             input_ids, mask = pad([ids[i] for i in idx], tok.pad_token_id)
             padded += input_ids.numel()
-            logits = model(input_ids=input_ids, attention_mask=mask).logits
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(input_ids=input_ids, attention_mask=mask).logits
             loss = F.cross_entropy(logits.float(), labels[idx])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -93,7 +96,8 @@ def classification(cfg: dict[str, Any]) -> dict[str, Any]:
     with torch.inference_mode():
         for i in range(0, len(test_ids), 2 * BATCH):
             input_ids, mask = pad(test_ids[i: i + 2 * BATCH], tok.pad_token_id)
-            preds.extend(model(input_ids=input_ids, attention_mask=mask).logits.argmax(-1).tolist())
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                preds.extend(model(input_ids=input_ids, attention_mask=mask).logits.argmax(-1).tolist())
     eval_s = time.perf_counter() - t1
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -104,6 +108,6 @@ def classification(cfg: dict[str, Any]) -> dict[str, Any]:
         "loss_first_k": float(torch.stack(losses[:LOSS_K]).mean()), "loss_last": float(np.mean(
             [float(x) for x in losses[-LOSS_K:]])),
         "accuracy": float(accuracy_score(y, preds)), "f1": float(f1_score(y, preds, average="macro")),
-        "precision": "fp32", "freezing": "none",
+        "precision": "bf16" if bf16 else "fp32", "freezing": "none",
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }

@@ -112,9 +112,10 @@ def causal(cfg: dict[str, Any], model: torch.nn.Module, tokenizer: Any, train: l
         return {"not_available": "Preprocessor(pack=True) does not exist in finetune_lib yet"}
     meter = _Meter()
     t0 = time.perf_counter()
+    # ours_random: unpacked rows in random order (no length grouping), as a plain padded collator gives
     tuner = FineTuner(model, "causal_lm", tokenizer=tokenizer, preprocessor=pre, epochs=epochs, batch_size=BATCH,
                       learning_rate=LR, precision="auto", seed=SEED, log_every=LOSS_K, progress=False,
-                      callbacks=[meter])
+                      callbacks=[meter], group_by_length=cfg["runner"] != "ours_random")
     history = tuner.fit(train)
     wall = time.perf_counter() - t0
     losses = [h["train/loss"] for h in history if "train/loss" in h]

@@ -4,7 +4,7 @@ Defaults: only what every runner must share is set (epochs, batch 16, lr 5e-5, s
 `logging_steps=K` so the first logged loss is the mean over the same K steps as the others; the
 tokenizer is passed as `processing_class`, which gives the Trainer its default dynamic-padding
 collator. Tuned: `train_sampling_strategy="group_by_length"`, `optim="adamw_torch_fused"` (works on
-CPU with this torch) and bf16 only where the CPU has native bf16 units (see `tuned_bf16`).
+CPU with this torch) and bf16 only where the CPU has native bf16 units (see `common.native_bf16`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from common import (
     current_rss_mb,
     lm_features,
     matmul_flops_per_token,
+    native_bf16,
     seed_all,
 )
 from transformers import (
@@ -43,17 +44,6 @@ from transformers import (
 LAST2 = ("bert.encoder.layer.4.", "bert.encoder.layer.5.", "bert.pooler", "classifier")
 
 
-def tuned_bf16() -> bool:
-    """bf16 autocast only with AVX-512 BF16 / AMX; emulated bf16 is slower than fp32 (BENCH_TRAINER_BF16=1 forces it)."""
-    import os
-
-    if os.environ.get("BENCH_TRAINER_BF16") in ("0", "1"):
-        return os.environ["BENCH_TRAINER_BF16"] == "1"
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class _Meter(TrainerCallback):
@@ -90,7 +80,10 @@ def _args(out: str, runner: str, epochs: int, **extra: Any) -> TrainingArguments
     kw: dict[str, Any] = {"num_train_epochs": epochs, "per_device_train_batch_size": BATCH, "learning_rate": LR,
                           "seed": SEED, "logging_steps": LOSS_K}
     if runner == "trainer_tuned":
-        kw.update(train_sampling_strategy="group_by_length", optim="adamw_torch_fused", bf16=tuned_bf16())
+        bf16 = native_bf16()
+        kw.update(train_sampling_strategy="group_by_length", optim="adamw_torch_fused", bf16=bf16)
+        if bf16 and not torch.cuda.is_available():
+            kw["use_cpu"] = True  # transformers 5.x refuses bf16 on CPU without it
     kw.update(extra)
     return TrainingArguments(out, **kw)
 
