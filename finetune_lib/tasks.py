@@ -9,8 +9,8 @@ whatever the padding or the lengths.
 
 from __future__ import annotations
 
+import logging
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 IGNORE_INDEX = -100
+log = logging.getLogger("finetune_lib")
 
 
 @dataclass
@@ -106,45 +107,133 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
+@dataclass
+class GenerationBudget:
+    """A time budget for generation, shared by several `generate_texts` calls (e.g. all the batches
+    of one evaluation), and what it allowed.
+
+    Only the time spent inside generation counts. The budget is checked before each batch and a
+    batch, once started, runs to the end: it can be overshot by up to one batch's generation time,
+    and a positive budget always generates the first batch.
+
+    Attributes:
+        seconds: the budget in seconds; None for no limit.
+        spent: seconds spent generating so far.
+        generated: prompts generated so far.
+        skipped: prompts given an empty string because the budget had run out.
+
+    Example:
+        >>> budget = GenerationBudget(seconds=60.0)
+        >>> budget.exhausted, budget.generated, budget.skipped
+        (False, 0, 0)
+    """
+
+    seconds: float | None = None
+    spent: float = 0.0
+    generated: int = 0
+    skipped: int = 0
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the seconds are spent."""
+        return self.seconds is not None and self.spent >= self.seconds
+
+
+def _prompt_batch(tokenizer: Any, prompts: list[str], pad_id: int, left: bool) -> dict[str, torch.Tensor]:
+    """Token ids and attention mask of `prompts`, padded on the left (decoder-only) or the right.
+
+    An empty prompt (no tokens) starts from BOS (EOS when the tokenizer has no BOS), as an
+    unconditional generation does: a row of padding only has nothing to attend to.
+    """
+    from .data.collate import collate
+
+    rows = tokenizer(prompts, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if any(not r for r in rows) and start is None:
+        raise ValueError("An empty prompt needs a start token, and the tokenizer has neither a BOS nor an EOS "
+                         "token: give every record a non-empty prompt, or set tokenizer.bos_token.")
+    rows = [list(r) if r else [start] for r in rows]
+    return collate([{"input_ids": r, "attention_mask": [1] * len(r)} for r in rows], pad_id,
+                   padding_side="left" if left else "right")
+
+
 @torch.inference_mode()
 def generate_texts(model: Any, tokenizer: Any, prompts: list[str], *, batch_size: int = 16,
                    max_new_tokens: int = 64, time_budget_s: float | None = None,
-                   autocast: Any = None) -> list[str]:
-    """Generate a continuation for each prompt, in batches, with left padding and the KV cache.
+                   budget: GenerationBudget | None = None, autocast: Any = None) -> list[str]:
+    """Generate a continuation for each prompt, in batches, with the KV cache and without sampling
+    (greedy, unless the model's `generation_config` sets e.g. `num_beams`).
 
-    The prompt is stripped from the output of decoder-only models. Prompts not reached within
-    `time_budget_s` get an empty string, with a warning saying how many.
+    Decoder-only models get left-padded prompts (so every row's last prompt token sits at the same
+    place and generation continues right after it), with the attention mask; the prompt is
+    stripped from their output. Each text is decoded without special tokens and with surrounding
+    whitespace stripped; it holds at most `max_new_tokens` tokens. The tokenizer is not changed
+    (its `padding_side` included) and the model's train/eval mode is restored.
+
+    Args:
+        model: a causal LM or an encoder-decoder model.
+        tokenizer: its tokenizer (a pad token, or else an EOS token, pads the batches).
+        prompts: the prompts.
+        batch_size: prompts generated together.
+        max_new_tokens: the most tokens generated per prompt.
+        time_budget_s: seconds for this call; prompts of the batches not started within it get an
+            empty string, and a warning (logger ``finetune_lib``) says how many. None: no limit.
+        budget: instead of `time_budget_s`, a `GenerationBudget` shared with other calls; it
+            counts what was generated and skipped, and its owner reports it (no warning here).
+        autocast: a context-manager factory to generate under (mixed precision).
+
+    Returns:
+        One string per prompt, in order.
     """
+    if budget is not None and time_budget_s is not None:
+        raise ValueError("Pass time_budget_s or budget, not both.")
+    if time_budget_s is not None and not time_budget_s >= 0:
+        raise ValueError(f"time_budget_s must be >= 0 seconds (or None for no limit), got {time_budget_s!r}.")
+    owned = budget is None
+    budget = budget if budget is not None else GenerationBudget(time_budget_s)
     is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left" if not is_encoder_decoder else "right"
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    start, outputs = time.perf_counter(), []
+    if pad_id is None:
+        raise ValueError("The tokenizer has neither a pad token nor an EOS token to pad prompts with: "
+                         "set tokenizer.pad_token.")
+    outputs: list[str] = []
     was_training = model.training
     model.eval()
     try:
         for i in range(0, len(prompts), batch_size):
-            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
-                missing = len(prompts) - len(outputs)
-                warnings.warn(f"Generation time budget of {time_budget_s}s spent; {missing} prompts left "
-                              "without output (empty strings). Raise time_budget_s or lower max_new_tokens.",
-                              stacklevel=2)
-                outputs.extend([""] * missing)
+            # 1. stop before a batch once the budget is spent: the rest get empty strings
+            if budget.exhausted:
                 break
+            started = _clock()
             chunk = prompts[i: i + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True)
-            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            enc = {k: v.to(device) for k, v in _prompt_batch(tokenizer, chunk, pad_id, not is_encoder_decoder).items()}
+            # 2. decode without sampling, with the KV cache
             with autocast() if autocast is not None else _null():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                      pad_token_id=pad_id)
+            # 3. decoder-only: drop the prompt (every row's prompt ends at the same column)
             if not is_encoder_decoder:
                 out = out[:, enc["input_ids"].shape[1]:]
             outputs.extend(t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True))
+            budget.spent += _clock() - started
+            budget.generated += len(chunk)
     finally:
-        tokenizer.padding_side = old_side
         model.train(was_training)
+    missing = len(prompts) - len(outputs)
+    if missing:
+        budget.skipped += missing
+        outputs.extend([""] * missing)
+        if owned:
+            log.warning("Generation time budget of %gs spent after %d of %d prompts; the other %d got empty "
+                        "strings. Raise the budget, lower max_new_tokens or generate fewer prompts.",
+                        budget.seconds, len(prompts) - missing, len(prompts), missing)
     return outputs
+
+
+def _clock() -> float:
+    """Seconds of a monotonic clock (a function, so tests can replace it)."""
+    return time.perf_counter()
 
 
 class _null:

@@ -118,7 +118,9 @@ class BLEU(_SacreMetric):
         **options: passed to `sacrebleu.metrics.BLEU` (``lowercase``, ``tokenize``,
             ``smooth_method``, ``smooth_value``, ``max_ngram_order``, ``effective_order``, ...).
 
-    After `compute()`, `signature` holds sacrebleu's signature string (for reporting).
+    After `compute()`, `signature` holds sacrebleu's signature string (the settings and version that
+    make the score comparable); `MetricSuite` reports it as ``last_artifacts["<name>_signature"]``,
+    and the model card and training report list it with the metrics.
 
     Example:
         >>> m = BLEU()
@@ -133,6 +135,8 @@ class BLEU(_SacreMetric):
 
 class ChrF(_SacreMetric):
     """sacrebleu's corpus chrF (0-100); ``ChrF(word_order=2)`` is chrF++.
+
+    Like `BLEU`, it records sacrebleu's `signature` at `compute()`.
 
     Args:
         name: result key (default ``"chrf"``).

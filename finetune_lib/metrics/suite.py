@@ -54,7 +54,9 @@ class MetricSuite:
 
     Attributes:
         metrics: the metrics (after `run`, they hold the state of the whole evaluation set).
-        last_artifacts: non-scalar values of the last `run` (e.g. a confusion matrix), by key.
+        last_artifacts: non-scalar values of the last `run` (e.g. a confusion matrix), by key, and
+            the signature of each metric that has one (sacrebleu's, for BLEU and chrF) as
+            ``"<name>_signature"``, e.g. ``"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"``.
 
     Example:
         >>> from finetune_lib.metrics import Accuracy, F1, MetricSuite
@@ -123,7 +125,8 @@ class MetricSuite:
         batch.labels)`` (for LM tasks, token-level ids with the -100 positions dropped);
         "logits" metrics get ``(batch.logits, batch.labels)``; "text" metrics get
         ``(generate(batch.prompts), batch.references)``, `generate` being called once per batch
-        and only when some metric consumes text. Non-scalar values go to `last_artifacts`.
+        and only when some metric consumes text. Non-scalar values go to `last_artifacts`, and so
+        do the metrics' signatures (``"<name>_signature"``, whole set only).
 
         Args:
             batches: the evaluation batches (consumed once; only one is held at a time).
@@ -250,6 +253,9 @@ class MetricSuite:
                 if not prefix:  # the whole evaluation set: an error; an empty slice: NaN
                     raise
                 value = math.nan
+            signature = getattr(metric, "signature", None)
+            if not prefix and isinstance(signature, str):  # e.g. sacrebleu's, set by compute()
+                self.last_artifacts[f"{key}_signature"] = signature
             if not is_scalar(value):
                 self.last_artifacts[key] = value
                 continue

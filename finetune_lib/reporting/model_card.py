@@ -8,8 +8,9 @@ how to load the model, and framework versions.
 
 What it reads from the tuner: ``model_source``, ``task``, ``args``, ``history``, ``preprocessor``
 (label names, cleaning, ``stats``), ``freezer`` (repr and ``summary()``), ``regularizers``, and,
-when present, ``data_summary`` (a `DataReport` or its ``to_dict()``) and ``last_results`` (the
-dict of the last ``evaluate()``) with ``last_confidence``.
+when present, ``data_summary`` (a `DataReport` or its ``to_dict()``), ``last_results`` (the
+dict of the last ``evaluate()``) with ``last_confidence``, and the metric signatures in
+``last_artifacts`` (sacrebleu's, for BLEU and chrF), shown with the results they belong to.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .sections import (
     add_settings,
     add_validation,
     add_versions,
+    metric_signatures,
     model_name,
     training_summary,
 )
@@ -166,6 +168,10 @@ def write_model_card(tuner: FineTuner, folder: str | Path, results: Mapping[str,
     if results:
         doc.paragraph(f"On the held-out {split} split:")
         add_results(doc, results, confidence)
+        signatures = {k: v for k, v in metric_signatures(tuner).items() if k in results}
+        if signatures:
+            doc.paragraph("Signatures (scores compare only under the same one): "
+                          + "; ".join(f"`{k}`: `{v}`" for k, v in signatures.items()) + ".")
     else:
         doc.paragraph("Not recorded: pass the results of `tuner.evaluate(test, confidence=0.95)` to "
                       "`write_model_card(tuner, folder, results)`.")

@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "add_data", "add_freezing", "add_results", "add_settings", "add_validation", "add_versions", "fmt",
-    "model_name", "short_repr", "split_results", "training_summary", "validation_table", "versions",
+    "metric_signatures", "model_name", "short_repr", "split_results", "training_summary", "validation_table",
+    "versions",
 ]
 
 INTERVAL_SUFFIXES = ("_low", "_high")
@@ -100,7 +101,8 @@ def _with_interval(value: float, low: float | None, high: float | None) -> str:
 
 
 def add_results(doc: Document, results: Mapping[str, Any], confidence: float | None = None) -> None:
-    """A table of metric, value and interval; then one row per slice, when there are slices."""
+    """A table of metric, value and interval (and a note when generation ran out of time); then one row
+    per slice, when there are slices."""
     overall, slices = split_results(results)
     has_intervals = any(low is not None for _, low, _ in overall.values())
     level = f"{confidence:.0%} interval" if confidence else "interval"
@@ -112,6 +114,10 @@ def add_results(doc: Document, results: Mapping[str, Any], confidence: float | N
             row.append(f"{fmt(low)} – {fmt(high)}" if low is not None and high is not None else "")
         rows.append(row)
     doc.table(header, rows)
+    generated = overall.get("generated_fraction", (1.0,))[0]
+    if isinstance(generated, (int, float)) and generated < 1:
+        doc.paragraph(f"**Incomplete generation**: the generation time budget ran out after {generated:.0%} of the "
+                      "prompts; the text metrics scored the other prompts as empty outputs (`generated_fraction`).")
     if has_intervals:
         doc.paragraph(f"Intervals: {'a ' + format(confidence, '.0%') if confidence else 'a'} percentile "
                       "bootstrap over the examples of the evaluation set (`MetricSuite`, seeded).")
@@ -255,7 +261,7 @@ def add_freezing(doc: Document, tuner: FineTuner, summary: Any = None) -> None:
 
 
 def add_settings(doc: Document, tuner: FineTuner) -> None:
-    """The `TrainingArgs` as a table, then precision, regularizers and metrics."""
+    """The `TrainingArgs` as a table, then precision, regularizers and metrics (with their signatures)."""
     doc.table(["setting", "value"], [[k, f"`{v!r}`" if isinstance(v, str) else v] for k, v in vars(tuner.args).items()])
     extra = []
     precision = getattr(tuner.precision, "name", None) or getattr(tuner.precision, "dtype", None)
@@ -263,8 +269,20 @@ def add_settings(doc: Document, tuner: FineTuner) -> None:
         extra.append(f"precision used: `{precision}`")
     extra.append("regularizers: " + (", ".join(f"`{short_repr(r)}`" for r in tuner.regularizers) or "none"))
     if tuner.metrics is not None:
-        extra.append(f"metrics: {', '.join(f'`{n}`' for n in getattr(tuner.metrics, 'names', []))}")
+        signatures = metric_signatures(tuner)
+        extra.append("metrics: " + ", ".join(
+            f"`{n}`" + (f" (signature `{signatures[n]}`)" if n in signatures else "")
+            for n in getattr(tuner.metrics, "names", [])))
     doc.bullets(extra)
+
+
+def metric_signatures(tuner: FineTuner) -> dict[str, str]:
+    """``{metric name: signature}`` of the last evaluation (sacrebleu's, for BLEU and chrF): from
+    ``tuner.last_artifacts`` after `evaluate()`, else the suite's own after a validation in `fit`."""
+    artifacts = getattr(tuner, "last_artifacts", None) or getattr(tuner.metrics, "last_artifacts", None) or {}
+    suffix = "_signature"
+    return {key[: -len(suffix)]: value for key, value in artifacts.items()
+            if isinstance(key, str) and key.endswith(suffix) and isinstance(value, str)}
 
 
 def versions() -> dict[str, str]:

@@ -29,9 +29,18 @@ class TrainingArgs:
         keep_checkpoints: keep the newest K checkpoints.
         eval_batch_size: examples per evaluation batch (default: 2 x batch_size).
         max_new_tokens: tokens to generate for LM predictions and text metrics.
+        generation_time_budget: seconds of generation allowed in one evaluation (for text metrics
+            such as BLEU; per process under torchrun); None (default): no limit. Checked before each
+            generation batch, so it can be overshot by one batch. When it runs out, the prompts left
+            get empty outputs, which the text metrics score as they are (never dropped, so every
+            metric covers the same examples); the results then hold `generated_fraction` < 1 and a
+            warning says how many were generated.
         seed: seeds Python, NumPy and torch, and the data order.
         on_nonfinite: "stop" (default) raises at a NaN/inf loss or gradient before the weights change;
             "skip" drops that step and goes on (counted in the log as `train/skipped_steps`).
+        distributed: how the model is spread over processes under `torchrun` (WORLD_SIZE > 1; ignored
+            in a single process): "auto" (DDP), "ddp" (a full copy per process), or "fsdp" (weights,
+            gradients and optimizer state sharded per transformer block, for models that do not fit).
     """
 
     epochs: float = 3
@@ -52,8 +61,10 @@ class TrainingArgs:
     keep_checkpoints: int = 2
     eval_batch_size: int | None = None
     max_new_tokens: int = 64
+    generation_time_budget: float | None = None
     seed: int = 0
     on_nonfinite: str = "stop"
+    distributed: str = "auto"
 
     def validate(self) -> None:
         def positive(name: str, value: Any, integer: bool = False) -> None:
@@ -75,6 +86,13 @@ class TrainingArgs:
             raise ValueError("weight_decay and warmup_steps must be >= 0, and warmup_ratio in [0, 1).")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}.")
+        if self.distributed not in ("auto", "ddp", "fsdp"):
+            raise ValueError(f"distributed must be 'auto' (DDP under torchrun), 'ddp' or 'fsdp' (shard the model "
+                             f"across processes), got {self.distributed!r}.")
+        budget = self.generation_time_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
+            raise ValueError(f"generation_time_budget must be a positive number of seconds (e.g. 600), or None for "
+                             f"no limit; got {budget!r}.")
         for name in ("eval_every", "save_every"):
             value = getattr(self, name)
             if value != "epoch" and value is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -9,8 +10,10 @@ import torch
 
 from ..data.collate import sequential_batches, to_device
 from ..metrics.batch import EvalBatch
-from ..tasks import IGNORE_INDEX, generate_texts
+from ..tasks import IGNORE_INDEX, GenerationBudget, generate_texts
 from .events import CallbackList, TrainState
+
+log = logging.getLogger("finetune_lib")
 
 if TYPE_CHECKING:  # pragma: no cover
     from .finetuner import FineTuner
@@ -30,7 +33,16 @@ def _suite(tuner: FineTuner) -> Any:
 def evaluate_model(tuner: FineTuner, records: list[dict[str, Any]], features: list[dict[str, Any]], *,
                    slices: Any = None, confidence: float | None = None, batch_size: int | None = None,
                    events: CallbackList | None = None, state: TrainState | None = None) -> dict[str, float]:
-    """Loss (mean over target tokens or examples, no label smoothing) and the suite's metrics."""
+    """Loss (mean over target tokens or examples, no label smoothing) and the suite's metrics.
+
+    With `generation_time_budget` set and a metric that reads generated text, the results also hold
+    ``generated_fraction``: the share of prompts generated before the budget ran out. The prompts
+    left get empty outputs, and the text metrics score them as they are: an honest score of what
+    was generated over the whole set (the same examples, and slices, as the loss and the other
+    metrics), never a score of a subset that flatters (the batches run longest first, so a subset
+    would hold only the longest examples). A warning then says how many prompts were generated,
+    and the suite's ``last_artifacts["generation"]`` holds the counts.
+    """
     model, task, pre = tuner.model, tuner.task, tuner.preprocessor
     size = batch_size or tuner.args.eval_batch_size or 2 * tuner.args.batch_size
     has_labels = all("labels" in f for f in features)
@@ -67,17 +79,36 @@ def evaluate_model(tuner: FineTuner, records: list[dict[str, Any]], features: li
                 events.emit("eval_batch", state)
             del batch
 
+    budget = GenerationBudget(tuner.args.generation_time_budget)  # all the generation of this evaluation
+
     def generate(prompts: list[str]) -> list[str]:
-        return generate_texts(model, tuner.tokenizer, prompts, batch_size=size,
-                              max_new_tokens=tuner.args.max_new_tokens, autocast=tuner.precision.autocast)
+        return generate_texts(model, tuner.tokenizer, prompts, batch_size=size, max_new_tokens=tuner.args.max_new_tokens,
+                              budget=budget, autocast=tuner.precision.autocast)
 
     model.eval()
-    results = _suite(tuner).run(batches(), generate=generate if task.generates else None, slices=slices,
-                                confidence=confidence, seed=tuner.args.seed)
+    suite = _suite(tuner)
+    results = suite.run(batches(), generate=generate if task.generates else None, slices=slices,
+                        confidence=confidence, seed=tuner.args.seed)
     loss_sum = tuner.dist.sum(totals["loss"])
     targets = tuner.dist.sum(torch.tensor(float(totals["targets"]), dtype=torch.float64, device=tuner.device))
     loss = float(loss_sum / targets.clamp(min=1))
+    if task.generates and suite.needs_text and budget.seconds is not None:
+        results["generated_fraction"] = _report_budget(tuner, suite, budget)
     return {"loss": loss, **results}
+
+
+def _report_budget(tuner: FineTuner, suite: Any, budget: GenerationBudget) -> float:
+    """The share of prompts generated within the budget (all processes); a warning when some were not."""
+    counts = tuner.dist.sum(torch.tensor([budget.generated, budget.skipped], dtype=torch.float64, device=tuner.device))
+    generated, skipped = (int(c) for c in counts.tolist())
+    suite.last_artifacts["generation"] = {"time_budget_s": budget.seconds, "generated": generated, "skipped": skipped}
+    if skipped and tuner.dist.is_main:
+        text = [m.name for m in suite.metrics if m.input == "text"]
+        log.warning("generation_time_budget of %gs ran out: %d of %d prompts were generated; the other %d were "
+                    "scored as empty outputs by %s (see generated_fraction in the results). Raise "
+                    "generation_time_budget or lower max_new_tokens for a full evaluation.",
+                    budget.seconds, generated, generated + skipped, skipped, ", ".join(text))
+    return generated / max(1, generated + skipped)
 
 
 @torch.inference_mode()

@@ -149,3 +149,22 @@ def test_errors_tell_the_fix():
         BLEU().compute()
     with pytest.raises(TypeError):
         BLEU(no_such_option=1)
+
+
+def test_suite_reports_sacrebleu_signatures_in_last_artifacts():
+    import torch
+
+    from finetune_lib.metrics import EvalBatch, ExactMatch, MetricSuite
+
+    hyps, refs = ["the cat sat", "a dog ran"], ["the cat sat down", "the dog ran"]
+    batch = EvalBatch("causal_lm", torch.zeros(2, 1, 4), torch.zeros(2, 1, dtype=torch.long),
+                      [{"lang": "en"}, {"lang": "fr"}], prompts=["p1", "p2"], references=refs)
+    suite = MetricSuite([BLEU(lowercase=True, tokenize="char"), ChrF(word_order=2, name="chrf_pp"), ExactMatch()])
+    results = suite.run([batch], generate=lambda prompts: hyps, slices="lang")
+    bleu, chrf = sacrebleu.BLEU(lowercase=True, tokenize="char"), sacrebleu.CHRF(word_order=2)
+    assert results["bleu"] == pytest.approx(bleu.corpus_score(hyps, [refs]).score, abs=1e-9)
+    chrf.corpus_score(hyps, [refs])
+    # one signature per metric that has one, under its result key; none per slice
+    assert suite.last_artifacts == {"bleu_signature": str(bleu.get_signature()),
+                                    "chrf_pp_signature": str(chrf.get_signature())}
+    assert suite.last_artifacts["bleu_signature"].startswith("nrefs:1|case:lc|eff:no|tok:char|smooth:exp|version:")
