@@ -72,6 +72,12 @@ class ProgressBar(Callback):
             post["warning"] = "overfitting"
         self.bar.set_postfix(post, refresh=False)
 
+    def on_eval_end(self, state: TrainState) -> None:
+        # the validation record is logged before eval_end, where OverfittingMonitor decides: show a
+        # warning raised at this evaluation now, not at the next log (which may never come)
+        if self.bar is not None and "overfitting_warning" in state.extra:
+            self.on_log(state)
+
     def on_fit_end(self, state: TrainState) -> None:
         if self.bar is not None:
             self.bar.close()

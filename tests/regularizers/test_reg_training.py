@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -191,3 +192,85 @@ def test_overfitting_monitor_fires_on_planted_curves(caplog):
     resumed = OverfittingMonitor(patience=2)
     resumed.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
     assert resumed.count == monitor.count
+
+
+# ---- the overfitting warning in the progress bar ------------------------------------------------
+class FakeBar:
+    """Stands in for tqdm: records what the progress bar is told to show."""
+
+    made: list = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.postfixes, self.written, self.closed = kwargs, [], [], False
+        FakeBar.made.append(self)
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, post, refresh=True):
+        self.postfixes.append(dict(post))
+
+    def write(self, text):
+        self.written.append(text)
+
+    def close(self):
+        self.closed = True
+
+
+def test_progress_bar_shows_the_overfitting_warning():
+    from finetune_lib.training.callbacks import ProgressBar
+
+    bar = ProgressBar(enabled=True)
+    bar.bar = FakeBar()
+    state = TrainState(tuner=None, model=torch.nn.Linear(1, 1))
+    state.record = {"step": 4, "train/loss": 0.5, "train/lr": 1e-3}
+    bar.on_log(state)
+    assert bar.bar.postfixes[-1] == {"loss": "0.5"}  # no warning while none was raised
+    state.extra["overfitting_warning"] = "Possible overfitting at step 4: ..."
+    bar.on_log(state)
+    assert bar.bar.postfixes[-1] == {"loss": "0.5", "warning": "overfitting"}
+    state.record = {"step": 4, "validation/loss": 0.75}
+    bar.on_eval_end(state)
+    assert bar.bar.postfixes[-1] == {"validation/loss": "0.75", "warning": "overfitting"}
+
+
+class PlantedMonitor(OverfittingMonitor):
+    """The real monitor, fed planted losses: training falls at every log, validation rises at every
+    evaluation, so it warns at the second evaluation (patience=1)."""
+
+    def __init__(self):
+        super().__init__(patience=1)
+        self.logs = self.evals = 0
+
+    def on_log(self, state):
+        if "train/loss" in state.record:
+            self.logs += 1
+            super().on_log(SimpleNamespace(record={"train/loss": 1.0 / self.logs}))
+
+    def on_eval_end(self, state):
+        self.evals += 1
+        super().on_eval_end(SimpleNamespace(record={"validation/loss": float(self.evals)}, step=state.step,
+                                            extra=state.extra))
+
+
+def test_progress_bar_shows_the_warning_in_a_real_fit(monkeypatch):
+    """In FineTuner the validation record is logged before eval_end (where the monitor decides), so a
+    warning raised at the last evaluation must still reach the bar."""
+    from finetune_lib import FineTuner
+    from finetune_lib.testing import sample_texts, tiny_tokenizer
+    from finetune_lib.training import callbacks
+
+    monkeypatch.setattr(callbacks, "tqdm", FakeBar)
+    FakeBar.made = []
+    tok = tiny_tokenizer(kind="encoder")
+    model = tiny_model("bert", "classification", vocab_size=len(tok), num_labels=2)
+    records = [{"text": t, "label": i % 2} for i, t in enumerate(sample_texts(24, seed=0, max_words=6))]
+    monitor = PlantedMonitor()
+    tuner = FineTuner(model, "classification", tokenizer=tok, regularizers=[monitor], output_dir=None,
+                      epochs=2, batch_size=8, log_every=1, progress=True, loggers=())
+    tuner.fit(records[:16], records[16:])
+    assert monitor.evals == 2 and monitor.warning is not None  # it fired, at the last evaluation
+    (bar,) = FakeBar.made
+    assert bar.closed and bar.postfixes[-1].get("warning") == "overfitting"
+    first = next(i for i, p in enumerate(bar.postfixes) if "warning" in p)
+    assert "validation/loss" in bar.postfixes[first]  # shown with the evaluation that raised it
