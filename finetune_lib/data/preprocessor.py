@@ -45,8 +45,9 @@ class Preprocessor:
         prompt_template: format of the prompt for generation tasks, with `{prompt}` (and any other
             record column) as fields, e.g. `"Question: {prompt}\\nAnswer: "`.
         use_chat_template: format prompts with the tokenizer's chat template, where it has one.
-        labels: the label names in id order; by default sorted from the training data (integer
-            labels 0..K-1 keep their values).
+        labels: the label names in id order; by default sorted from the training data. Integer
+            labels must be exactly 0..K-1 (they keep their values); 1-based or sparse integers raise
+            with the fix (re-number them, or pass them here to use them as names in this order).
         batch_size: texts per call of the fast tokenizer.
         pack: causal LM only: pack several training examples into each row of at most
             `pack_length` tokens, attention kept inside each example (see
@@ -106,7 +107,12 @@ class Preprocessor:
         return self
 
     def fit_labels(self, records: Sequence[Mapping[str, Any]]) -> dict[Any, int]:
-        """Learn `label2id` from the training records (or from `labels=` given at construction)."""
+        """Learn `label2id` from the training records (or from `labels=` given at construction).
+
+        Strings are names, in sorted order. Integers are class ids and keep their values, so they
+        must be exactly 0..K-1: 1-based, sparse or negative ids are refused with the values found
+        and the fix (re-number them, or pass `labels=[...]` to use them as names in that order).
+        """
         values = [r["label"] for r in records]
         kinds = {type(v).__name__ for v in values if v is not None}
         if any(v is None for v in values):
@@ -114,15 +120,38 @@ class Preprocessor:
             raise ValueError(f"Records {bad} have no label. Drop them or fill them before training.")
         numeric = kinds <= {"int", "bool"} or kinds <= {"int", "float"} and all(float(v).is_integer() for v in values)
         if len(kinds) > 1 and not numeric:
-            raise ValueError(f"Labels have mixed types ({', '.join(sorted(kinds))}). Use one type: all "
+            examples: dict[str, Any] = {}
+            for i, v in enumerate(values):
+                examples.setdefault(type(v).__name__, f"{v!r} (record {i})")
+            raise ValueError(f"Labels have mixed types ({', '.join(sorted(kinds))}), e.g. "
+                             f"{', '.join(examples[k] for k in sorted(examples))}. Use one type: all "
                              "strings (names) or all integers (ids).")
         self.observed_labels = sorted({int(v) for v in values} if numeric else set(values))
         if self.label_names is None:
             if numeric:
-                ints = sorted({int(v) for v in values})
-                if ints[0] < 0:
-                    raise ValueError(f"Integer labels must be 0 or more; found {[v for v in ints if v < 0][:10]}.")
-                self.label_names = list(range(ints[-1] + 1))
+                # integer labels are class ids and keep their values, so they must be exactly 0..K-1:
+                # 1-based or sparse ids would build a head with classes that never occur
+                ints = self.observed_labels
+                if ints != list(range(len(ints))):
+                    k = len(ints)
+                    shown = ", ".join(map(str, ints[:20])) + (f", ... ({k} values)" if k > 20 else "")
+                    names = f"Preprocessor(labels={ints})" if k <= 20 else "Preprocessor(labels=sorted(set(labels)))"
+                    fixes = [f"re-number them to 0..{k - 1}", f"pass {names} to treat them as names in that order "
+                             f"(ids 0..{k - 1}; the names are saved in the model config)"]
+                    if ints[0] < 0:
+                        why = f"negative values {[v for v in ints if v < 0][:10]}"
+                    elif ints == list(range(1, k + 1)):
+                        why, fixes[0] = f"they look 1-based (1..{k})", "subtract 1 so they run 0.." + str(k - 1)
+                    else:
+                        from itertools import islice
+
+                        present = set(ints)
+                        why = f"ids {list(islice((i for i in range(ints[-1]) if i not in present), 10))} never occur"
+                        fixes.append(f"pass Preprocessor(labels=list(range({ints[-1] + 1}))) to keep the values as "
+                                     "ids when those classes are only missing from the training data")
+                    raise ValueError(f"Integer labels are class ids and must be exactly 0..K-1, but the training "
+                                     f"labels are {{{shown}}}: {why}. To fix it, {'; or '.join(fixes)}.")
+                self.label_names = list(ints)
             else:
                 self.label_names = sorted(set(values))
         self.label2id = {name: i for i, name in enumerate(self.label_names)}
@@ -153,12 +182,54 @@ class Preprocessor:
                                "FineTuner does this for you in fit().")
 
     def format_prompt(self, record: Mapping[str, Any]) -> str:
-        """The prompt text of a generation record, as fed to the model."""
+        """The prompt text of a generation record, as fed to the model.
+
+        The rules, in order:
+
+        1. The record's `prompt` is cleaned, then formatted with `prompt_template` (which may use
+           any other record column). An empty prompt gives `""`: the target is then learned whole.
+        2. With `use_chat_template=True` and a tokenizer that has a `chat_template`, that text is
+           the content of one user message, rendered by the chat template with the generation
+           prompt (the opening of the assistant's turn), so the target is learned as the
+           assistant's reply. `prompt_template` is therefore not ignored: it shapes the user
+           message (keep the default `"{prompt}"` to pass the prompt as it is). A BOS token that
+           the template writes at the start is dropped when the tokenizer adds BOS itself, so the
+           tokenized sequence starts with exactly one.
+        3. With `use_chat_template=True` and a tokenizer without a chat template, rule 1 alone
+           applies (the fallback), and a warning says so once.
+
+        Example:
+            >>> tokenizer.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}"
+            ...     "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+            >>> pre = Preprocessor(prompt_template="Q: {prompt}", use_chat_template=True)
+            >>> pre.setup(tokenizer, "causal_lm").format_prompt({"prompt": "Is the battery good?"})
+            '<|user|>Q: Is the battery good?<|assistant|>'
+        """
         prompt = self.clean_text(str(record.get("prompt", "") or ""))
-        if self.use_chat_template and getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                      add_generation_prompt=True)
-        return self.prompt_template.format(**{**record, "prompt": prompt}) if prompt else ""
+        if not prompt:
+            return ""
+        text = self.prompt_template.format(**{**record, "prompt": prompt})
+        if not self.use_chat_template:
+            return text
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            if not getattr(self, "_warned_no_chat_template", False):
+                self._warned_no_chat_template = True
+                log.warning("use_chat_template=True but the tokenizer has no chat_template; prompts are "
+                            "formatted with prompt_template=%r alone. Set tokenizer.chat_template, or "
+                            "use_chat_template=False to silence this.", self.prompt_template)
+            return text
+        text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                       add_generation_prompt=True)
+        bos = getattr(tok, "bos_token", None)
+        if bos and text.startswith(bos):
+            # the tokenizer is called with its special tokens on: drop the template's BOS if it adds one
+            cached = getattr(self, "_adds_bos", None)
+            if cached is None or cached[0] is not tok:
+                cached = self._adds_bos = (tok, tok.bos_token_id in tok("")["input_ids"][:1])
+            if cached[1]:
+                text = text[len(bos):]
+        return text
 
     def encode(self, records: Sequence[Mapping[str, Any]], split: str = "train") -> list[dict[str, Any]]:
         """Features for each record: `input_ids`, `attention_mask`, `labels`. Counts truncations.

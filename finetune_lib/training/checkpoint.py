@@ -8,7 +8,9 @@ A checkpoint is a folder `checkpoint-<step>` under `<output_dir>/checkpoints/`:
 - `trainer_state.json`: the same position and the run's fingerprint, for people and tools.
 
 It is written to a hidden temporary folder and renamed when complete, so a crash never leaves a half
-checkpoint that looks complete; temporary folders left by a crash are removed at the next start.
+checkpoint that looks complete; temporary folders left by a crash are removed at the next start, and a
+`checkpoint-<step>` folder that lacks a file (an older crash, a file deleted by hand) is never taken
+as the newest.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"
+REPLACED_PREFIX = ".replaced-checkpoint-"  # a checkpoint being replaced by a rewrite of the same step
 FILES = ("model.safetensors", "trainer_state.pt", "trainer_state.json")
 
 
@@ -68,65 +72,167 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed. Nothing half-written is left; the older checkpoints are intact."""
+
+
+def write_trainer_state(path: Path, state: dict[str, Any]) -> None:
+    """Optimizer, schedule, scaler and RNG states (tensors and plain containers only)."""
+    torch.save(state, path)
+
+
+def write_weights(path: Path, model: torch.nn.Module, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """The model's weights (safetensors; tied weights once), or `weights` in their place."""
+    if weights is None:
+        save_model(model, str(path))
+    else:
+        save_file({n: t.contiguous() for n, t in weights.items()}, str(path), metadata={"format": "pt"})
+
+
+def write_info(path: Path, info: dict[str, Any]) -> None:
+    """The position, fingerprint and history, as JSON for people and tools."""
+    path.write_text(json.dumps(info, indent=2, default=str))
+
+
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict[str, Any], info: dict[str, Any],
-                    keep: int | None = None) -> Path:
-    """Write checkpoint `step` under `root` atomically and keep the newest `keep`."""
+                    keep: int | None = None, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoint `step` under `root` atomically and keep the newest `keep`. `weights`: a full
+    state dict to write instead of `model`'s own (a model sharded with FSDP, gathered on rank 0).
+
+    The files go to a temporary folder that is renamed to `checkpoint-<step>` once they are all
+    written and synced. On any failure the temporary folder is removed and `CheckpointWriteError`
+    says which checkpoint is still the newest complete one.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"checkpoint-{step:08d}"
     tmp = root / f"{TMP_PREFIX}{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    aside = root / f"{REPLACED_PREFIX}{step:08d}-{os.getpid()}"
     try:
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(state, tmp / "trainer_state.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(info, indent=2, default=str))
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        write_weights(tmp / "model.safetensors", model, weights)
+        write_trainer_state(tmp / "trainer_state.pt", state)
+        write_info(tmp / "trainer_state.json", info)
         for name in FILES:
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _fsync_dir(tmp)
+        if final.exists():  # the same step again (a stop signal right after a scheduled save, a resumed run)
+            os.replace(final, aside)  # a crash from here on leaves `aside`, restored by clean_stale
+            os.replace(tmp, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
         _fsync_dir(root)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if aside.exists() and not final.exists():  # put back the checkpoint that was being replaced
+            os.replace(aside, final)
+        if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: cleaned up, let them through
+            raise
+        kept = list_checkpoints(root)
+        error = CheckpointWriteError(
+            f"Writing checkpoint {final.name} in {root} failed: {e}. Nothing half-written was kept; "
+            + (f"the newest complete checkpoint is {kept[-1].name}" if kept else "there is no complete checkpoint "
+               "yet") + ". Fix the cause (free disk space, check permissions), then "
+            + ("continue with fit(..., resume=True)." if kept else "start the run again."))
+        error.errno = getattr(e, "errno", None)
+        raise error from e
     if keep:
         for old in list_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first."""
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder: renamed to a temporary name first, so a crash while deleting never
+    leaves a `checkpoint-<step>` with some files gone (the temporary name is cleaned up at the next start)."""
+    doomed = path.with_name(f"{TMP_PREFIX}{path.name}-deleted-{os.getpid()}")
+    try:
+        os.replace(path, doomed)
+    except OSError:
+        doomed = path
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def missing_files(path: Path) -> list[str]:
+    """The files a checkpoint folder lacks (empty for a complete checkpoint)."""
+    return [f for f in FILES if not (path / f).is_file()]
+
+
+def _numbered(root: Path) -> list[tuple[int, Path]]:
     if not root.is_dir():
         return []
     found = []
     for p in root.iterdir():
         m = CHECKPOINT_RE.match(p.name)
-        if m and p.is_dir() and all((p / f).is_file() for f in FILES):
+        if m and p.is_dir():
             found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+    return sorted(found)
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first (a folder missing any file is left out)."""
+    return [p for _, p in _numbered(root) if not missing_files(p)]
+
+
+def incomplete_checkpoints(root: Path) -> list[tuple[Path, list[str]]]:
+    """`checkpoint-<step>` folders that lack files (left by an older crash or deleted by hand), with
+    what each lacks, oldest first. They are never resumed from."""
+    return [(p, miss) for _, p in _numbered(root) if (miss := missing_files(p))]
 
 
 def clean_stale(root: Path) -> list[Path]:
-    """Remove temporary folders a crashed write left behind; returns what was removed."""
+    """Remove temporary folders a crashed write left behind; returns what was removed.
+
+    A checkpoint that was being replaced by a rewrite of the same step is put back when the rewrite
+    did not finish (so the crash loses nothing that was complete before).
+    """
     removed = []
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith(TMP_PREFIX):
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
+    if not root.is_dir():
+        return removed
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(REPLACED_PREFIX):
+            step = p.name[len(REPLACED_PREFIX):].split("-")[0]
+            final = root / f"checkpoint-{step}"
+            if not missing_files(p) and (not final.exists() or missing_files(final)):
+                if final.exists():
+                    shutil.rmtree(final, ignore_errors=True)
+                os.replace(p, final)
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        elif p.name.startswith(TMP_PREFIX):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
     return removed
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load weights into `model`; return (trainer state, info). Never unpickles arbitrary objects."""
+def read_info(path: Path) -> dict[str, Any]:
+    """The checkpoint's `trainer_state.json` (position, fingerprint, history)."""
     try:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        return json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"Cannot read {path / 'trainer_state.json'}: {e}. The checkpoint is damaged; delete "
+                           "this folder to resume from the one before it.") from e
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module,
+                    load: Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[list[str], list[str]]] | None = None,
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load weights into `model`; return (trainer state, info). Never unpickles arbitrary objects.
+    `load(model, weights) -> (missing, unexpected)` replaces `load_state_dict` (a model sharded with FSDP)."""
+    try:
+        if load is None:
+            missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        else:
+            weights = load_file(str(path / "model.safetensors"))
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise RuntimeError(f"Cannot read weights from {path / 'model.safetensors'}: {e}. The file is damaged or "
                            "truncated; delete this checkpoint folder to resume from the one before it.") from e
+    if load is not None:
+        missing, unexpected = load(model, weights)
     if unexpected or [k for k in missing if k not in _tied_names(model)]:
         raise RuntimeError(f"Checkpoint {path} does not match the model: missing {list(missing)[:5]}, "
                            f"unexpected {list(unexpected)[:5]}. Resume with the same model and task.")
@@ -135,8 +241,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict[str, Any],
     except Exception as e:
         raise RuntimeError(f"Cannot read {path / 'trainer_state.pt'}: {e}. It is damaged, truncated or holds "
                            "objects other than tensors and plain values (refused for safety).") from e
-    info = json.loads((path / "trainer_state.json").read_text())
-    return state, info
+    return state, read_info(path)
 
 
 def _tied_names(model: torch.nn.Module) -> set[str]:

@@ -82,9 +82,10 @@ class FineTuner:
         self.user_callbacks = list(callbacks)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.overwrite = overwrite
-        self.dist = DistributedContext.from_env()
+        self.dist = DistributedContext.from_env(self.args.distributed)
         self.device = self.dist.device(device)
         self.precision = resolve_precision(self.args.precision, self.device)
+        self.dist.check(freezer, [*self.regularizers, *self.user_callbacks], self.precision)  # what DDP/FSDP refuse
         self.progress = progress
         self.loggers = list(loggers)
         make_loggers([x for x in self.loggers if isinstance(x, str)], None)  # unknown names fail here
@@ -133,6 +134,7 @@ class FineTuner:
         train_features = pre.encode(train_records, "train")
         val_features = pre.encode(val_records, "validation") if val_records else None
         check_token_ids(train_features, model, "train")
+        check_token_ids(val_features or [], model, "validation")
         micro = args.batch_size // args.gradient_accumulation
         batches = LengthGroupedBatches([pre.length(f) for f in train_features], micro, seed=args.seed,
                                        group_by_length=args.group_by_length)
@@ -149,11 +151,8 @@ class FineTuner:
         events.emit("setup", state)
         if self.freezer is not None:
             self.freezer.apply(model)
-            if self.dist.enabled and getattr(self.freezer, "unfreeze_every", None):
-                raise ValueError("Gradual unfreezing changes the trainable parameters during training, which "
-                                 "DistributedDataParallel does not allow. Use a fixed LayerFreezer with torchrun.")
         model.train()
-        self._train_model = self.dist.wrap(model, self.device)  # DDP over the trainable parameters
+        self._train_model = self.dist.wrap(model, self.device)  # DDP over the trainable parameters, or FSDP
         groups = parameter_groups(model, args.learning_rate, self.weight_decay, self._lr_scale())
         self.optimizer = state.optimizer = build_optimizer(groups, args.learning_rate, self.device)
         warmup = args.warmup_steps or int(args.warmup_ratio * max_steps)
@@ -243,7 +242,8 @@ class FineTuner:
         self._setup(records)
         features = self.preprocessor.encode(records, "evaluation")
         check_token_ids(features, self.model, "evaluation")
-        results = evaluate_model(self, records, features, slices=slices, confidence=confidence, batch_size=batch_size)
+        with self.dist.unsharded(self.model):  # FSDP: every process holds the full weights while evaluating
+            results = evaluate_model(self, records, features, slices=slices, confidence=confidence, batch_size=batch_size)
         self.last_results, self.last_confidence = dict(results), confidence
         self.last_artifacts = dict(getattr(self.metrics, "last_artifacts", {}))  # e.g. a confusion matrix
         return results
@@ -256,7 +256,8 @@ class FineTuner:
         key = "text" if self.task.name == "classification" else "prompt"
         records = [dict(t) if isinstance(t, Mapping) else {key: t} for t in texts]
         self._setup(None)
-        return predict_records(self, records, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        with self.dist.unsharded(self.model):
+            return predict_records(self, records, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
     def save(self, path: str | Path) -> Path:
         """Write the model, tokenizer and label names to `path`, loadable by transformers' Auto classes
@@ -266,10 +267,13 @@ class FineTuner:
         from ..reporting.model_card import write_model_card
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
-        write_model_card(self, path)
+        weights = self.dist.full_state_dict(self.model)  # FSDP: gathered by every process, for rank 0
+        if self.dist.is_main:  # one writer under torchrun
+            path.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(path, state_dict=weights)
+            self.tokenizer.save_pretrained(path)
+            write_model_card(self, path)
+        self.dist.barrier()
         return path
 
     def add_trainable_parameters(self, names: list[str]) -> None:
@@ -418,7 +422,8 @@ class FineTuner:
     def _evaluate_during_fit(self, state: TrainState, events: CallbackList, records: list[dict[str, Any]],
                              features: list[dict[str, Any]]) -> None:
         events.emit("eval_start", state)
-        results = evaluate_model(self, records, features, events=events, state=state)
+        with self.dist.unsharded(self.model):
+            results = evaluate_model(self, records, features, events=events, state=state)
         self.model.train()
         self._log(state, events, {f"validation/{k}": v for k, v in results.items()})
         events.emit("eval_end", state)

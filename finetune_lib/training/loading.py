@@ -69,26 +69,22 @@ def load_tokenizer(source: Any, tokenizer: Any) -> Any:
 
 
 def load_model(source: Any, task: Task, labels: dict[str, Any] | None) -> torch.nn.Module:
-    """`from_pretrained` with the right head (and label names for classification), or the object itself."""
+    """`from_pretrained` with the right head (and label names for classification), or the object itself.
+
+    A head whose size is fixed (a model object, or a folder fine-tuned for named labels) must fit the
+    data's labels; that is checked here, before any weights are loaded or trained.
+    """
     if isinstance(source, torch.nn.Module):
         model = source
         if task.name == "classification" and labels:
-            have = int(getattr(model.config, "num_labels", 0))
-            if have != len(labels["id2label"]):
-                seen = labels.get("observed", [])
-                bad = [v for v in seen if isinstance(v, int) and not 0 <= v < have]
-                hint = ""
-                if bad and seen and min(seen) == 1 and max(seen) == have:
-                    hint = " The labels look 1-based (1..K): subtract 1 so they run from 0, or use names."
-                raise ValueError(f"The model has a head for {have} labels but the data has "
-                                 f"{len(labels['id2label'])} ({list(labels['id2label'].values())[:10]})"
-                                 + (f"; out of range for this head: {bad[:10]}." if bad else ".") + hint +
-                                 " Pass the model as a hub id or folder so the head is built for the data, or fix "
-                                 "the labels.")
+            check_fixed_head(model.config, labels, "The model")
             model.config.id2label, model.config.label2id = labels["id2label"], labels["label2id"]
         return model
     kwargs: dict[str, Any] = {}
     if task.name == "classification" and labels:
+        config = _try_config(source)
+        if config is not None and head_label_names(config) is not None:  # a fine-tuned classifier
+            check_fixed_head(config, labels, repr(str(source)), source=str(source))
         kwargs = {"num_labels": len(labels["id2label"]), "id2label": labels["id2label"],
                   "label2id": labels["label2id"], "ignore_mismatched_sizes": True}
     try:
@@ -104,6 +100,53 @@ def load_model(source: Any, task: Task, labels: dict[str, Any] | None) -> torch.
         raise
 
 
+def check_fixed_head(config: Any, labels: dict[str, Any], what: str, source: str | None = None) -> None:
+    """The data's labels must fit a classification head that is not rebuilt for them.
+
+    A head fine-tuned for named labels accepts only those names; a head with generic `LABEL_i` names
+    must have one output per label, and integer labels must index it. The error lists the labels
+    that do not fit.
+    """
+    have = int(getattr(config, "num_labels", 0) or 0)
+    names = head_label_names(config)
+    data = [str(v) for v in labels["id2label"].values()]
+    seen = list(labels.get("observed", []))
+    new_head = (f"AutoModelForSequenceClassification.from_pretrained({source or '<its folder or hub id>'!r}, "
+                f"num_labels={len(data)}, ignore_mismatched_sizes=True)")
+    if names is not None:
+        unknown = [v for v in seen if str(v) not in set(names)] or [n for n in data if n not in set(names)]
+        if unknown:
+            raise ValueError(f"{what} has a classification head fine-tuned for the {len(names)} labels "
+                             f"{_show(names)}, but the training data has labels it cannot predict: {_show(unknown)}. "
+                             "Train on records with the head's labels only, or give the model a new head for the "
+                             f"data's {len(data)} labels and pass that object: {new_head}.")
+        if len(data) == have:
+            return
+    if len(data) != have:
+        bad = [v for v in seen if isinstance(v, int) and not 0 <= v < have]
+        hint = ""
+        if bad and seen and min(seen) == 1 and max(seen) == have:
+            hint = " The labels look 1-based (1..K): subtract 1 so they run from 0, or use names."
+        raise ValueError(f"{what} has a head for {have} labels but the data has {len(data)} ({_show(data)})"
+                         + (f"; out of range for this head: {_show(bad)}." if bad else ".") + hint +
+                         " Pass the model as a hub id or folder so the head is built for the data, give it a "
+                         f"head of the right size ({new_head}), or fix the labels.")
+
+
+def _show(values: list[Any], limit: int = 10) -> str:
+    shown = ", ".join(map(repr, values[:limit]))
+    return f"[{shown}{f', ... ({len(values)} in all)' if len(values) > limit else ''}]"
+
+
+def _try_config(source: Any) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(source))
+    except (OSError, ValueError):
+        return None  # from_pretrained will say what is wrong
+
+
 def check_token_ids(features: list[dict[str, Any]], model: torch.nn.Module, split: str) -> None:
     """Token ids must index the model's embedding table (a tokenizer from another model would not)."""
     emb = model.get_input_embeddings()
@@ -117,18 +160,18 @@ def check_token_ids(features: list[dict[str, Any]], model: torch.nn.Module, spli
                          "model.resize_token_embeddings(len(tokenizer)) if you added tokens on purpose.")
 
 
+def head_label_names(config: Any) -> list[str] | None:
+    """The label names of a fine-tuned classification head (None for generic `LABEL_i` names)."""
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label[i]) for i in sorted(id2label)]
+    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return None
+    return names
+
+
 def labels_from_model(source: Any) -> list[Any] | None:
     """Label names of an already fine-tuned classifier (None for generic `LABEL_i` names)."""
     config = getattr(source, "config", None)
     if config is None and isinstance(source, (str, Path)):
-        from transformers import AutoConfig
-
-        try:
-            config = AutoConfig.from_pretrained(str(source))
-        except (OSError, ValueError):
-            return None
-    id2label = getattr(config, "id2label", None) or {}
-    names = [id2label[i] for i in sorted(id2label)]
-    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
-        return None
-    return names
+        config = _try_config(source)
+    return head_label_names(config)

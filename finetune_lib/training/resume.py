@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from . import checkpoint as ckpt
 from .events import Callback, CallbackList, TrainState
-from .rundir import compare_fingerprints
+from .rundir import compare_fingerprints, write_run_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .finetuner import FineTuner
@@ -18,10 +22,16 @@ log = logging.getLogger("finetune_lib")
 
 
 def fingerprint(tuner: FineTuner) -> dict[str, Any]:
-    """The settings a resumed run must share with the checkpoint (compared on resume)."""
+    """The settings a resumed run must share with the checkpoint (compared on resume).
+
+    The model is named by its source (path or hub id, or its class for a model object) and
+    described by its class, a hash of its config and its parameter shapes, so a different model
+    under the same name, or another model object of the same class, is told apart.
+    """
     source = tuner.model_source
     return {
         "model": str(source) if isinstance(source, (str, Path)) else type(source).__name__,
+        **model_fingerprint(tuner.model if tuner.model is not None else source),
         "task": tuner.task.name,
         "labels": [str(n) for n in tuner.preprocessor.label_names or []],
         "batch_size": tuner.args.batch_size,
@@ -32,16 +42,48 @@ def fingerprint(tuner: FineTuner) -> dict[str, Any]:
     }
 
 
+# config fields that do not describe the model itself: versions, paths, the labels (compared apart),
+# runtime switches, and dropout (a regularizer's setting, which `Dropout` writes into the config)
+_VOLATILE_CONFIG = ("transformers_version", "_name_or_path", "architectures", "id2label", "label2id", "problem_type",
+                    "use_cache", "return_dict", "output_attentions", "output_hidden_states")
+
+
+def _describes_model(key: str) -> bool:
+    return key not in _VOLATILE_CONFIG and "dropout" not in key and not key.endswith("pdrop")
+
+
+def model_fingerprint(model: Any) -> dict[str, Any]:
+    """Class, config hash and parameter shapes of a loaded model (empty when it is not loaded)."""
+    if not isinstance(model, torch.nn.Module):
+        return {}
+    out: dict[str, Any] = {"model_class": type(model).__name__}
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        fields = {k: v for k, v in config.to_dict().items() if _describes_model(k)}
+        out["model_config"] = _digest(json.dumps(fields, sort_keys=True, default=str))
+    shapes = [(name, list(p.shape), str(p.dtype)) for name, p in model.state_dict().items()]
+    count = sum(p.numel() for p in model.parameters())
+    out["model_parameters"] = f"{len(shapes)} tensors, {count:,} parameters, shapes {_digest(json.dumps(shapes))}"
+    return out
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def write_checkpoint(tuner: FineTuner, state: TrainState, events: CallbackList, scaler: Any,
                      fingerprint: dict[str, Any]) -> None:
     """Everything an exact resume needs, written atomically under `<output_dir>/checkpoints`."""
     if tuner.output_dir is None:
         return
+    # FSDP: every process takes part in gathering full weights and optimizer state (None otherwise)
+    weights = tuner.dist.full_state_dict(tuner.model)
+    optimizer = tuner.dist.optimizer_state_dict(tuner.optimizer, tuner.model)
     if not tuner.dist.is_main:  # rank 0 writes; the others wait until the checkpoint is complete
         tuner.dist.barrier()
         return
     trainer_state = {
-        "optimizer": tuner.optimizer.state_dict(),
+        "optimizer": optimizer,
         "schedule": tuner.schedule.state_dict(),
         "scaler": scaler.state_dict() if scaler else {},
         "rng": ckpt.rng_state(),
@@ -51,7 +93,7 @@ def write_checkpoint(tuner: FineTuner, state: TrainState, events: CallbackList, 
     info = {"position": trainer_state["position"], "fingerprint": fingerprint, "history": tuner.history,
             "args": asdict(tuner.args)}
     path = ckpt.save_checkpoint(tuner.output_dir / "checkpoints", state.step, tuner.model, trainer_state, info,
-                                keep=tuner.args.keep_checkpoints)
+                                keep=tuner.args.keep_checkpoints, weights=weights)
     state.extra["last_checkpoint"] = str(path)
     tuner.dist.barrier()
     events.emit("checkpoint", state)
@@ -61,16 +103,29 @@ def restore(tuner: FineTuner, path: Path, state: TrainState, events: CallbackLis
             fingerprint: dict[str, Any], allow_config_change: bool) -> None:
     """Load a checkpoint: weights, callbacks (before the optimizer: they may add parameter groups),
     optimizer, schedule, scaler, RNG states, data position and history."""
-    saved, info = ckpt.load_checkpoint(path, tuner.model)
-    changes = compare_fingerprints(info.get("fingerprint", {}), fingerprint)
+    # the settings first: a changed model would otherwise fail as a weights mismatch, less clearly
+    changes = compare_fingerprints(ckpt.read_info(path).get("fingerprint", {}), fingerprint)
     if changes and not allow_config_change:
-        raise ValueError(f"The run in {tuner.output_dir} was made with other settings:\n  " + "\n  ".join(changes)
+        raise ValueError(f"The run in {tuner.output_dir} was made with other settings than now "
+                         f"(checkpoint {path.name}):\n  " + "\n  ".join(changes)
                          + "\nResume with the same settings, pass allow_config_change=True to fit() to "
                          "continue anyway, or start a new run in another output_dir.")
+    if changes:
+        log.warning("resuming %s with changed settings (allow_config_change=True): %s", path, "; ".join(changes))
+    saved, info = ckpt.load_checkpoint(path, tuner.model, load=tuner.dist.load_state_dict if tuner.dist.fsdp else None)
+    if tuner.output_dir is not None and tuner.dist.is_main:
+        write_run_file(tuner.output_dir, fingerprint)  # the run now goes on with these settings
     for key, cb in _keyed(events.callbacks):
         if key in saved["callbacks"]:
             cb.load_state_dict(saved["callbacks"][key])
-    tuner.optimizer.load_state_dict(saved["optimizer"])
+    try:
+        tuner.dist.load_optimizer_state_dict(tuner.optimizer, tuner.model, saved["optimizer"])
+    except ValueError as e:  # other trainable parameters (a changed freezer or model): groups do not match
+        if not changes:
+            raise RuntimeError(f"The optimizer state in {path / 'trainer_state.pt'} does not fit this model's "
+                               f"trainable parameters ({e}). Resume with the same model and LayerFreezer.") from e
+        log.warning("the optimizer state in %s does not fit the changed trainable parameters (%s); the optimizer "
+                    "starts afresh (weights, schedule position and data position are restored)", path, e)
     tuner.schedule.load_state_dict(saved["schedule"])
     if scaler and saved["scaler"]:
         scaler.load_state_dict(saved["scaler"])

@@ -22,8 +22,13 @@ def test_string_labels_are_mapped_in_sorted_order():
 
 
 def test_integer_labels_keep_their_values():
-    pre = setup(records=[{"text": "a", "label": 2}, {"text": "b", "label": 0}])
+    pre = setup(records=[{"text": "a", "label": 2}, {"text": "b", "label": 0}, {"text": "c", "label": 1}])
     assert pre.label_names == [0, 1, 2] and pre.label2id[2] == 2
+    # sparse integer labels would leave head classes that never occur: an error with the fix
+    with pytest.raises(ValueError, match=r"\{0, 2\}: ids \[1\] never occur.*labels=list\(range\(3\)\)"):
+        setup(records=[{"text": "a", "label": 2}, {"text": "b", "label": 0}])
+    kept = setup(records=[{"text": "a", "label": 2}, {"text": "b", "label": 0}], labels=[0, 1, 2])
+    assert kept.label2id[2] == 2 and kept.num_labels == 3
 
 
 def test_truncation_is_counted_and_strict_mode_raises():
@@ -121,3 +126,62 @@ def test_collate_left_padding():
 
     batch = collate([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}], pad_token_id=0, padding_side="left")
     assert torch.equal(batch["input_ids"], torch.tensor([[5, 6, 7], [0, 0, 8]]))
+
+
+# ---- chat template (use_chat_template=True) ------------------------------------------------------
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def chat_tokenizer(adds_bos=False):
+    from tokenizers import processors
+
+    tok = tiny_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    if adds_bos:  # like Llama: the tokenizer itself puts <s> in front of every text
+        bos = tok.bos_token_id
+        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+        assert tok("a")["input_ids"][0] == bos
+    return tok
+
+
+def test_chat_template_formats_the_prompt_with_the_generation_prompt():
+    pre = Preprocessor(clean=[], use_chat_template=True).setup(chat_tokenizer(), "causal_lm")
+    assert pre.format_prompt({"prompt": "where is my order"}) == "<s><|user|>where is my order\n<|assistant|>"
+    assert pre.format_prompt({"prompt": ""}) == ""  # no prompt: the target is learned whole, as without chat
+
+
+def test_chat_template_masks_the_prompt_and_learns_the_target():
+    tok = chat_tokenizer()
+    pre = Preprocessor(clean=[], use_chat_template=True).setup(tok, "causal_lm")
+    f = pre.encode([{"prompt": "the phone", "target": "works perfectly"}])[0]
+    prompt_ids = tok("<s><|user|>the phone\n<|assistant|>")["input_ids"]
+    target = tok("works perfectly", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert f["input_ids"] == prompt_ids + target
+    assert f["labels"] == [-100] * len(prompt_ids) + target
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
+def test_chat_template_bos_is_not_added_twice(adds_bos):
+    tok = chat_tokenizer(adds_bos)
+    pre = Preprocessor(clean=[], use_chat_template=True).setup(tok, "causal_lm")
+    ids = pre.encode([{"prompt": "the phone", "target": "works"}])[0]["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+
+
+def test_chat_template_wraps_the_prompt_template_in_the_user_message():
+    pre = Preprocessor(clean=[], prompt_template="Q: {prompt} ({topic})", use_chat_template=True)
+    pre.setup(chat_tokenizer(), "causal_lm")
+    text = pre.format_prompt({"prompt": "where is my order", "topic": "billing"})
+    assert text == "<s><|user|>Q: where is my order (billing)\n<|assistant|>"
+
+
+def test_chat_template_falls_back_to_the_prompt_template_with_a_warning(caplog):
+    pre = Preprocessor(clean=[], prompt_template="Q: {prompt}\nA: ", use_chat_template=True)
+    pre.setup(tiny_tokenizer(), "causal_lm")  # no chat_template
+    with caplog.at_level("WARNING", logger="finetune_lib.data"):
+        assert pre.format_prompt({"prompt": "hi"}) == "Q: hi\nA: "
+        pre.format_prompt({"prompt": "again"})
+    warnings = [r for r in caplog.records if "no chat_template" in r.getMessage()]
+    assert len(warnings) == 1  # said once, not once per record
