@@ -1,6 +1,10 @@
-"""Fine-tune all-MiniLM-L6-v2 on the embedded support-message data, end to end.
+"""Fine-tune all-MiniLM-L6-v2 on the embedded support-message data, end to end; then a small causal LM.
 
-    python -m finetune_lib.demo [--output runs/demo] [--epochs 3] [--quick]
+    python -m finetune_lib.demo [--output runs/demo] [--epochs 3] [--quick] [--only classification|generation]
+
+The second path (`finetune_lib.demo.generation`, written to `<output>/generation/`) trains a GPT-2
+built from a config on generated spec-to-description data, with packing, and reports perplexity,
+BLEU, chrF and exact match.
 
 Every class of the library takes part: DatasetBuilder (load, deduplicate, split, leakage check,
 report), Preprocessor (cleaning, tokenization), LayerFreezer (train the last 2 of 6 blocks),
@@ -39,6 +43,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--output", default="runs/demo", help="run folder (replaced on each demo run)")
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--quick", action="store_true", help="a smaller data set, for a fast check")
+    parser.add_argument("--only", choices=["classification", "generation"], default=None,
+                        help="run one path only (default: both)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "httpx", "sentence_transformers"):
@@ -62,6 +68,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise SystemExit(f"{error} It is part of the demo extra: pip install 'finetune_lib[demo]'.") from None
 
     out = Path(args.output)
+    if args.only == "generation":
+        from finetune_lib.demo import generation
+
+        return generation.main(out / "generation", quick=args.quick)
     start = time.perf_counter()
     # 1. the embedded data: generated support messages, messy on purpose
     data_file = write_jsonl(out / "data" / "support_messages.jsonl", n=400 if args.quick else 1200)
@@ -123,6 +133,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"\nrun folder: {out}  (log.jsonl, log.csv, checkpoints/, final/ with the model and its README.md,\n"
           f"  curves.png, confusion_matrix.png, report.md, report.html)")
     print(f"saved model: {final}   total time: {time.perf_counter() - start:.0f}s")
+    if args.only is None:
+        from finetune_lib.demo import generation
+
+        print("\n=== Second path: a small causal LM (GPT-2 from a config) writes product descriptions ===")
+        generation.main(out / "generation", quick=args.quick)
     return results
 
 

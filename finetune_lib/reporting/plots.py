@@ -95,11 +95,27 @@ def draw_history(figure: Any, history: Sequence[Mapping[str, Any]], metrics: Seq
         metric_ax.set_xlabel("step")
         metric_ax.set_ylabel("value")
         metric_ax.set_title("validation metrics")
+        metric_ax.set_ylim(*_metric_limits([v for key in shown for v in series[key][1]]))
+        metric_ax.ticklabel_format(axis="y", useOffset=False, style="plain")
         metric_ax.grid(True, alpha=0.3)
         metric_ax.legend()
     if title:
         figure.suptitle(title)
     return figure
+
+
+def _metric_limits(values: Sequence[float], min_span: float = 0.1) -> tuple[float, float]:
+    """y-limits spanning at least `min_span` (so a flat 0.9835 is not drawn as a 1e-4-wide band), kept
+    inside [0, 1] when every value is a fraction (accuracy, F1, ...)."""
+    finite = [float(v) for v in values if v == v and abs(v) != float("inf")] or [0.0]
+    lo, hi = min(finite), max(finite)
+    pad = max((min_span - (hi - lo)) / 2, (hi - lo) * 0.05)
+    lo, hi = lo - pad, hi + pad
+    if 0.0 <= min(finite) and max(finite) <= 1.0:
+        lo, hi = max(0.0, lo), min(1.0, hi)
+        if hi - lo < min_span:  # pressed against 0 or 1: extend the other way
+            lo, hi = (max(0.0, hi - min_span), hi) if hi >= 1.0 else (lo, min(1.0, lo + min_span))
+    return lo, hi
 
 
 def _save(figure: Any, path: str | Path | None, dpi: int) -> None:

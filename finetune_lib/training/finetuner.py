@@ -161,8 +161,9 @@ class FineTuner:
         # 5. resume: weights, callbacks (they may add parameter groups), optimizer, RNG, data position
         if resume_from is not None:
             restore(self, resume_from, state, events, scaler, fingerprint, allow_config_change)
-        log.info("training %d steps (%d per epoch), %d examples, micro-batch %d x %d", max_steps,
-                 steps_per_epoch, len(train_features), micro, args.gradient_accumulation)
+        packed = getattr(pre.stats.get("train"), "packed_rows", None) is not None
+        log.info("training %d steps (%d per epoch), %d %s, micro-batch %d x %d", max_steps, steps_per_epoch,
+                 len(train_features), "packed rows" if packed else "examples", micro, args.gradient_accumulation)
         events.emit("fit_start", state)
         running_loss, running_windows, grad_norm = torch.zeros((), device=self.device), 0, None
         with StopSignals() as signals:

@@ -69,3 +69,13 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"finetune_lib\[plots\]"):
         plot_history(HISTORY)
+
+
+def test_flat_metric_curves_get_a_readable_axis():
+    from finetune_lib.reporting.plots import _metric_limits
+
+    lo, hi = _metric_limits([0.9835, 0.9835, 0.9835])
+    assert hi - lo >= 0.1 - 1e-12 and lo <= 0.9835 <= hi and hi <= 1.0  # not a 1e-4-wide band
+    assert _metric_limits([0.2, 0.9]) == pytest.approx((0.165, 0.935))
+    lo, hi = _metric_limits([35.0, 36.0])  # perplexity: not a fraction, not clipped to [0, 1]
+    assert lo < 35.0 and hi > 36.0 and hi - lo >= 1.0
