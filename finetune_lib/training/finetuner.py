@@ -23,10 +23,11 @@ from .events import Callback, CallbackList, TrainState
 from .guards import NonFiniteLossError, OutOfMemoryError, StopSignals, is_out_of_memory, nonfinite_message
 from .loading import as_records, check_token_ids, labels_from_model, load_model, load_tokenizer, max_positions
 from .loggers import make_loggers
-from .optim import Schedule, add_parameter_groups, build_optimizer, parameter_groups
+from .optim import Schedule, add_parameter_groups, build_optimizer, clip_gradients, parameter_groups
 from .precision import resolve_precision
 from .resume import fingerprint as run_fingerprint
 from .resume import restore, write_checkpoint
+from .row_adamw import mark_row_sparse
 from .rundir import check_output_dir, prepare_output_dir
 
 log = logging.getLogger("finetune_lib")
@@ -85,6 +86,8 @@ class FineTuner:
         self.dist = DistributedContext.from_env(self.args.distributed)
         self.device = self.dist.device(device)
         self.precision = resolve_precision(self.args.precision, self.device)
+        # reading a scalar back costs nothing on CPU (and FSDP's sharded norms stay on torch's path)
+        self._host_reads_free = self.device.type == "cpu" and not self.dist.fsdp
         self.dist.check(freezer, [*self.regularizers, *self.user_callbacks], self.precision)  # what DDP/FSDP refuse
         self.progress = progress
         self.loggers = list(loggers)
@@ -154,6 +157,8 @@ class FineTuner:
         model.train()
         self._train_model = self.dist.wrap(model, self.device)  # DDP over the trainable parameters, or FSDP
         groups = parameter_groups(model, args.learning_rate, self.weight_decay, self._lr_scale())
+        if self._host_reads_free and not self.precision.use_scaler:  # CPU: skip embedding rows never reached
+            groups = mark_row_sparse(groups, model)
         self.optimizer = state.optimizer = build_optimizer(groups, args.learning_rate, self.device)
         warmup = args.warmup_steps or int(args.warmup_ratio * max_steps)
         self.schedule = state.scheduler = Schedule(self.optimizer, args.schedule, warmup, max_steps)
@@ -184,8 +189,9 @@ class FineTuner:
                         scaler.unscale_(self.optimizer)
                     events.emit("before_optimizer_step", state)
                     if args.max_grad_norm:
-                        grad_norm = torch.nn.utils.clip_grad_norm_(
-                            [p for g in self.optimizer.param_groups for p in g["params"]], args.max_grad_norm)
+                        # in the model's parameter order, whatever the optimizer's grouping
+                        grad_norm = clip_gradients([p for p in model.parameters() if p.grad is not None],
+                                                   args.max_grad_norm, skip_when_within=self._host_reads_free)
                     # 8. a NaN/inf loss stops (or skips) the step before the weights change
                     if not scaler and not self._finite(self.dist.sum(window_loss), grad_norm, state, window):
                         state.batch_in_epoch += len(window)

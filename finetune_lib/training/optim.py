@@ -107,13 +107,18 @@ def parameter_groups(
 def build_optimizer(groups: list[dict[str, Any]], learning_rate: float, device: torch.device,
                     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW over `groups`, with the fused kernel (CUDA and, since torch 2.4, CPU; measured here about
-    10x faster per step than the foreach kernel on MiniLM), falling back to foreach where fused fails."""
+    10x faster per step than the foreach kernel on MiniLM), falling back to foreach where fused fails.
+    Groups marked `row_sparse` get `RowSparseAdamW` (the same math, skipping untouched rows)."""
     if not groups:
         raise ValueError(
             "No trainable parameters: every parameter is frozen. Train at least one block "
             "(for example LayerFreezer(train_last=1)) or leave the head trainable."
         )
     kwargs: dict[str, Any] = {"lr": learning_rate, "betas": betas, "eps": eps}
+    if any(g.get("row_sparse") for g in groups):  # see finetune_lib.training.row_adamw
+        from .row_adamw import RowSparseAdamW
+
+        return RowSparseAdamW(groups, fused=True, **kwargs)
     if device.type in ("cuda", "cpu"):
         try:
             return torch.optim.AdamW(groups, fused=True, **kwargs)
@@ -131,6 +136,21 @@ def add_parameter_groups(optimizer: torch.optim.Optimizer, groups: list[dict[str
 
 
 SCHEDULES = ("linear", "cosine", "constant")
+
+
+def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float, skip_when_within: bool) -> torch.Tensor:
+    """Clip the gradients' total 2-norm to `max_norm` (torch's formula); returns the norm before clipping.
+
+    `skip_when_within=True` reads the norm on the host and multiplies only when clipping changes
+    something (torch's `clip_grad_norm_` multiplies every gradient by a coefficient of 1.0
+    otherwise: a full pass over 22.7M gradients on MiniLM, about 4% of a CPU step). The result is
+    identical. Use it where a host read is free (CPU); on CUDA it would synchronize every step.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads, 2.0)
+    if not skip_when_within or not bool(total + 1e-6 <= max_norm):
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    return total
 
 
 def schedule_factor(kind: str, step: int, warmup_steps: int, total_steps: int) -> float:
