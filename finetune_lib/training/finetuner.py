@@ -27,7 +27,6 @@ from .optim import Schedule, add_parameter_groups, build_optimizer, clip_gradien
 from .precision import resolve_precision
 from .resume import fingerprint as run_fingerprint
 from .resume import restore, write_checkpoint
-from .row_adamw import mark_row_sparse
 from .rundir import check_output_dir, prepare_output_dir
 
 log = logging.getLogger("finetune_lib")
@@ -157,8 +156,6 @@ class FineTuner:
         model.train()
         self._train_model = self.dist.wrap(model, self.device)  # DDP over the trainable parameters, or FSDP
         groups = parameter_groups(model, args.learning_rate, self.weight_decay, self._lr_scale())
-        if self._host_reads_free and not self.precision.use_scaler:  # CPU: skip embedding rows never reached
-            groups = mark_row_sparse(groups, model)
         self.optimizer = state.optimizer = build_optimizer(groups, args.learning_rate, self.device)
         warmup = args.warmup_steps or int(args.warmup_ratio * max_steps)
         self.schedule = state.scheduler = Schedule(self.optimizer, args.schedule, warmup, max_steps)
