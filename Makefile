@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet $(PIP_ARGS) -e ".[demo,dev,bench]"
 	$(PY) bench/run.py
 	$(PY) bench/preprocess_bench.py
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -5,7 +5,8 @@
 Texts: the amazon reviews (../shared/data/amazon_cells_labelled.txt), repeated `copies` times.
 Both sides tokenize the same texts with truncation at 128 tokens in batches of 1000; ours also
 maps labels, counts truncations and builds features. Reported: texts/s of each and the ratio,
-with cleaning off (pure tokenization path) and with the default cleaning steps on.
+with cleaning off (pure tokenization path) and with the default cleaning steps on; written to
+`bench/preprocess.json` and merged into `bench/results.json`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ def main() -> dict:
         "preprocess_with_cleaning_vs_direct": med["direct"] / med["ours_default_cleaning"],
     }
     print(json.dumps(result, indent=2))
+    bench = Path(__file__).resolve().parent
+    (bench / "preprocess.json").write_text(json.dumps(result, indent=1) + "\n")
+    results_file = bench / "results.json"  # merged into the flat results of bench/run.py
+    if results_file.exists():
+        flat = json.loads(results_file.read_text())
+        flat.update({k: round(result[k], 3) for k in ("preprocess_tokenize_vs_direct",
+                                                      "preprocess_with_cleaning_vs_direct")})
+        results_file.write_text(json.dumps(flat, indent=1) + "\n")
     return result
 
 
