@@ -264,7 +264,11 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "quick": args.quick,
             "repeats": repeats, "threads": args.threads or "torch default", "date": time.strftime("%Y-%m-%d %H:%M")}
     result = {**flat(summary), "meta": meta}
-    (BENCH / f"results{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
+    results_file = BENCH / f"results{suffix}.json"
+    if results_file.exists():  # keep what preprocess_bench.py and soak.py merged in
+        kept = {k: v for k, v in json.loads(results_file.read_text()).items() if k.startswith(("preprocess_", "soak_"))}
+        result.update(kept)
+    results_file.write_text(json.dumps(result, indent=1) + "\n")
     (BENCH / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1) + "\n")
     text = tables(summary)
     (BENCH / f"results_tables{suffix}.md").write_text(text)

@@ -76,6 +76,8 @@ class Preprocessor:
         self.label_names: list[Any] | None = list(labels) if labels is not None else None
         self.batch_size = batch_size
         self.pack, self.pack_length = pack, pack_length
+        #: the form of packed rows' attention mask; FineTuner sets it for its model (`packing.packed_mask_dtype`)
+        self.packed_mask_dtype: torch.dtype = torch.float32
         self.tokenizer: Any = None
         self.task: str | None = None
         self.label2id: dict[Any, int] = {}
@@ -342,7 +344,7 @@ class Preprocessor:
 
     def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Pad features to the longest in the batch (dynamic padding)."""
-        return collate(features, pad_token_id=int(self.tokenizer.pad_token_id))
+        return collate(features, pad_token_id=int(self.tokenizer.pad_token_id), packed_mask_dtype=self.packed_mask_dtype)
 
     @staticmethod
     def length(feature: Mapping[str, Any]) -> int:

@@ -393,6 +393,10 @@ class FineTuner:
             self.model = load_model(self.model_source, self.task, labels if classification else None).to(self.device)
             if getattr(self.model.config, "pad_token_id", None) is None:
                 self.model.config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        if pre.pack:  # attention must stay inside each packed example: refuse models that cannot
+            from ..data.packing import packed_mask_dtype
+
+            pre.packed_mask_dtype = packed_mask_dtype(self.model)
         if pre.tokenizer is None:
             pre.setup(self.tokenizer, self.task.name, None, max_positions(self.model.config))
             if getattr(self.model.config, "pad_token_id", None) is None:

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from finetune_lib import FineTuner, Preprocessor
-from finetune_lib.data.packing import block_causal_mask, check_packing_support, plan_bins
+from finetune_lib import Callback, FineTuner, Preprocessor
+from finetune_lib.data.packing import block_causal_mask, check_packing_support, packed_mask_dtype, plan_bins
 from finetune_lib.tasks import get_task
 from finetune_lib.testing import sample_texts, tiny_model, tiny_tokenizer
 
@@ -119,6 +119,8 @@ def test_collate_builds_a_block_diagonal_causal_mask():
                                    [0, 0, 1, 1, 1]]
     assert allowed[1].tolist() == [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 1, 1, 1, 0],
                                    [0, 1, 1, 1, 1]]  # padding attends to padding only: no empty row
+    boolean = block_causal_mask([[2, 3], [1]], width=5, dtype=torch.bool)
+    assert boolean.dtype == torch.bool and torch.equal(boolean, mask == 0)  # sdpa's form: True where allowed
     tok = tiny_tokenizer()
     pre, _ = preprocessors(tok, max_length=32)
     rows = pre.encode(records(20), "train")
@@ -129,14 +131,16 @@ def test_collate_builds_a_block_diagonal_causal_mask():
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_losses_equal_unpacked_losses(arch, attn):
+@pytest.mark.parametrize("attn,mask_dtype", [("sdpa", torch.bool), ("sdpa", torch.float32), ("eager", torch.float32)])
+def test_packed_losses_equal_unpacked_losses(arch, attn, mask_dtype):
     tok = tiny_tokenizer()
     model = tiny_model(arch, "causal_lm", vocab_size=len(tok)).float().eval()
     model.set_attn_implementation(attn)
     check_packing_support(model)
+    assert packed_mask_dtype(model) == (torch.bool if attn == "sdpa" else torch.float32)
     task = get_task("causal_lm")
     pre, plain = preprocessors(tok, max_length=48)
+    pre.packed_mask_dtype = mask_dtype
     data = records(16, seed=3)
     rows, singles = pre.encode(data, "train"), plain.encode(data, "train")
     assert len(rows) < len(singles)
@@ -184,3 +188,31 @@ def test_finetuner_trains_on_packed_rows():
     assert len(losses) == 12 and all(map(torch.isfinite, torch.tensor(losses)))
     assert tuner.preprocessor.stats["train"].packed_rows < 48
     assert sum(losses[-3:]) / 3 < losses[0]
+
+
+@pytest.mark.parametrize("attn,expected", [("sdpa", torch.bool), ("eager", torch.float32)])
+def test_finetuner_gives_packed_rows_the_mask_its_attention_needs(attn, expected):
+    tok = tiny_tokenizer()
+    model = tiny_model("gpt2", "causal_lm", vocab_size=len(tok))
+    model.set_attn_implementation(attn)
+    seen = []
+
+    class Masks(Callback):
+        def on_batch_start(self, state):
+            seen.append(state.batch["attention_mask"].dtype)
+
+    tuner = FineTuner(model, "causal_lm", tokenizer=tok, preprocessor=Preprocessor(pack=True, max_length=64),
+                      max_steps=2, batch_size=4, progress=False, callbacks=[Masks()])
+    tuner.fit(records(24, text_only=False))
+    assert seen and set(seen) == {expected}
+
+
+def test_finetuner_refuses_packing_for_attention_without_4d_masks():
+    tok = tiny_tokenizer()
+    model = tiny_model("gpt2", "causal_lm", vocab_size=len(tok))
+    model.config._attn_implementation = "flash_attention_2"  # what cannot keep packed examples apart
+    tuner = FineTuner(model, "causal_lm", tokenizer=tok, preprocessor=Preprocessor(pack=True, max_length=64),
+                      max_steps=2, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
+        tuner.fit(records(24, text_only=False))
+    assert tuner.state is None  # refused before training
