@@ -29,6 +29,7 @@ Example (2 processes on one machine)::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import logging
@@ -126,6 +127,10 @@ class DistributedContext:
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        # the group this library made is torn down before the interpreter exits: left to process exit,
+        # gloo's worker threads are killed mid-flight and the process can abort ("terminate called
+        # without an active exception", exit -6) after all its work is done
+        atexit.register(_destroy_process_group)
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """The model to run forward/backward through: DDP over the trainable parameters, or the model
@@ -289,6 +294,22 @@ def _fsdp_no_sync(model: Any) -> Iterator[None]:
         yield
     finally:
         model.set_requires_gradient_sync(True)
+
+
+def _destroy_process_group() -> None:
+    """Leave together, then tear down: rank 0 hosts the rendezvous store, and a rank that tears down
+    while another still talks to it can abort. The barrier is bounded (gloo), so a crashed peer does
+    not hold the exit for the group's 30-minute timeout."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        else:
+            dist.barrier()
+    except Exception:  # a peer is gone: tear down anyway
+        pass
+    dist.destroy_process_group()
 
 
 @contextlib.contextmanager
