@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 INTENTS: dict[str, dict[str, list[str]]] = {
     "billing": {
@@ -92,11 +93,16 @@ def generate(n: int = 1200, seed: int = 0, noise: float = 0.04, duplicates: floa
     return records
 
 
-def write_jsonl(path: str | Path, n: int = 1200, seed: int = 0) -> Path:
-    """Write the demo data set as JSONL (one record per line)."""
+def write_records(path: str | Path, records: list[dict[str, Any]]) -> Path:
+    """Write records as JSONL (one record per line), creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        for record in generate(n, seed):
+        for record in records:
             f.write(json.dumps(record) + "\n")
     return path
+
+
+def write_jsonl(path: str | Path, n: int = 1200, seed: int = 0) -> Path:
+    """Write the demo data set as JSONL (one record per line)."""
+    return write_records(path, generate(n, seed))

@@ -14,7 +14,6 @@ exact match on the test split, with a few generated descriptions.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -58,12 +57,9 @@ def generate(n: int = 1500, seed: int = 0, duplicates: float = 0.05) -> list[dic
 
 def write_jsonl(path: str | Path, n: int = 1500, seed: int = 0) -> Path:
     """Write the generation demo data as JSONL (one record per line)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for record in generate(n, seed):
-            f.write(json.dumps(record) + "\n")
-    return path
+    from .data import write_records
+
+    return write_records(path, generate(n, seed))
 
 
 def build_base_model(folder: Path, texts: list[str], vocab_size: int = 800) -> Path:

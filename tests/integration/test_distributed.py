@@ -1,37 +1,16 @@
 """DDP on 2 CPU processes (gloo) gives the same result as 1 process with the same effective batch."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from .ddp_worker import run
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .launch import run_two_processes
 
 
 def test_two_processes_match_one(tmp_path):
-    port = str(free_port())
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.integration.ddp_worker", str(tmp_path / "ddp"),
-                                       str(tmp_path / "run")], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(outputs)[-4000:]
+    run_two_processes("tests.integration.ddp_worker", str(tmp_path / "ddp"), str(tmp_path / "run"))
 
     single, weights = run(None)
     ddp = json.loads((tmp_path / "ddp.json").read_text())

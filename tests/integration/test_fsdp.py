@@ -3,11 +3,6 @@ writes full (unsharded) checkpoints and saved models from rank 0, and resumes; w
 is refused up front."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,15 +17,9 @@ from finetune_lib.training.distributed import DistributedContext
 from tests.training.helpers import model_and_tokenizer
 
 from .fsdp_worker import MAX_GRAD_NORM, data, run
+from .launch import run_two_processes
 
-ROOT = Path(__file__).resolve().parents[2]
 CLOSE = {"rtol": 1e-4, "atol": 1e-5}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assert_same_weights(got: dict, expected: dict) -> None:
@@ -45,16 +34,7 @@ def test_fsdp_two_processes_match_one(tmp_path):
     single, single_weights, tuner = run(str(tmp_path / "single"))
     single_mid = sorted((tmp_path / "single" / "checkpoints").iterdir())[0]  # end of epoch 2 of 3
 
-    port = str(free_port())
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.integration.fsdp_worker", str(tmp_path / "fsdp"),
-                                       str(single_mid)], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(outputs)[-4000:]
+    run_two_processes("tests.integration.fsdp_worker", str(tmp_path / "fsdp"), str(single_mid))
     out = tmp_path / "fsdp"
     got = json.loads((out / "results.json").read_text())
     weights = torch.load(out / "weights.pt", weights_only=True)

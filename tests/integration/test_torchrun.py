@@ -3,17 +3,14 @@ any distributed environment itself, and gets the same result as one process."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from .ddp_worker import run
-
-ROOT = Path(__file__).resolve().parents[2]
+from .launch import ROOT, free_port
 
 # what the user's train.py would be: the DDP worker's run, plus a record of what torchrun set up
 SCRIPT = '''
@@ -34,12 +31,6 @@ if dist.get_rank() == 0:
     with open(out + "/results.json", "w") as f:
         json.dump(results, f)
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
