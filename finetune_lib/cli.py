@@ -31,296 +31,43 @@ The results are printed as JSON on standard output (logs go to standard error) a
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import math
 import os
-import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .runconfig import (
+    KNOWN_KEYS,
+    SPLITS,
+    TASKS,
+    ConfigError,
+    build_components,
+    check_keys,
+    data_args,
+    load_config,
+    parse_scalar,
+    section,
+    validate_config,
+)
+
 __all__ = ["KNOWN_KEYS", "ConfigError", "build_parser", "load_config", "main", "run_evaluate", "run_train",
            "validate_config"]
-
-KNOWN_KEYS: dict[str, str] = {
-    "model": "hub id or local folder of the pretrained model (FineTuner's first argument)",
-    "tokenizer": "tokenizer id or folder, when it is not the model's",
-    "task": "classification (default), causal_lm or seq2seq",
-    "data": "a file path, or DatasetBuilder.from_file arguments: path, text, label, prompt, target, group, "
-            "format, delimiter, has_header, ...",
-    "deduplicate": "true, or DatasetBuilder.deduplicate arguments: normalized, near, threshold",
-    "split": "DatasetBuilder.split arguments: validation, test, stratify, group, seed",
-    "remove_leakage": "true to drop validation/test records that duplicate an earlier split",
-    "preprocessor": "Preprocessor arguments: clean, max_length, prompt_template, labels, ...",
-    "freezer": "LayerFreezer arguments: train_last, freeze_first, unfreeze_every, lr_decay, ...",
-    "regularizers": "a list of regularizer names, or {Name: value} / {Name: {argument: value}}",
-    "metrics": "a list of metric names, or {name: {argument: value}}",
-    "training": "FineTuner settings: epochs, batch_size, learning_rate, precision, ... and device, overwrite",
-    "output_dir": "the run folder (log.jsonl, checkpoints/, final/, results.json)",
-    "resume": "true to continue from the newest checkpoint in output_dir, or a checkpoint folder",
-    "evaluate_on": "test, validation or none (default: test, or validation when test is empty)",
-    "save": "write the fine-tuned model to <output_dir>/final (default true)",
-}
-
-TASKS = ("classification", "causal_lm", "seq2seq")
-SPLITS = ("test", "validation", "none")
-# FineTuner keyword arguments that may appear under `training` besides the TrainingArgs fields
-TUNER_OPTIONS = ("device", "overwrite", "progress")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message says what to change."""
-
-
-# --------------------------------------------------------------------------- reading a config
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (`.yaml`/`.yml`) or JSON config file into a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON: {err}") from None
-    else:
-        yaml = _yaml()
-        try:
-            config = yaml.load(text, Loader=_loader())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys ({', '.join(KNOWN_KEYS)}), "
-                          f"not a {type(config).__name__}")
-    return config
-
-
-def _yaml() -> Any:
-    try:
-        import yaml  # type: ignore[import-untyped]
-    except ImportError:  # pragma: no cover - pyyaml comes with transformers
-        raise ConfigError("YAML configs need PyYAML: pip install pyyaml (or write the config as .json)") from None
-    return yaml
-
-
-_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
-
-
-def _loader() -> Any:
-    """PyYAML's safe loader, reading `5e-5` as a float as YAML 1.2 does (PyYAML alone wants `5.0e-5`)."""
-    yaml = _yaml()
-
-    Loader: Any = type("Loader", (yaml.SafeLoader,), {})
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
-    return Loader
-
-
-def _scalar(text: str) -> Any:
-    """A command-line value as YAML reads it: 3 -> int, 0.1 -> float, true -> bool, null -> None,
-    [a, b] -> list, {k: v} -> dict; anything else stays a string."""
-    try:
-        return _yaml().load(text, Loader=_loader())
-    except Exception:
-        return text
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _check_keys(given: Mapping[str, Any], known: Sequence[str], where: str) -> None:
-    unknown = [k for k in given if k not in known]
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; known keys: "
-                          f"{', '.join(known)}")
-
-
-def _params(fn: Callable[..., Any], skip: Sequence[str] = ()) -> list[str]:
-    return [n for n, p in inspect.signature(fn).parameters.items()
-            if n not in ("self", "cls", *skip) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-
-
-def _mapping(config: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = config.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key!r} must be a mapping of arguments, e.g. {key}: {{...}}; got {value!r}")
-    return dict(value)
-
-
-def _bind(fn: Callable[..., Any], where: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
-          skip: Sequence[str] = ()) -> None:
-    kwargs = dict(kwargs or {})
-    _check_keys(kwargs, _params(fn, skip), where)
-    try:
-        inspect.signature(fn).bind(*((None,) * len(skip)), *args, **kwargs)
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from None
-
-
-def validate_config(config: Mapping[str, Any], command: str = "train") -> None:
-    """Check every key and argument of `config` against the Python API, before anything is loaded.
-
-    Raises:
-        ConfigError: an unknown key (the message lists the known ones), a missing `model` or `data`,
-            or arguments that a class does not take.
-    """
-    _check_keys(config, list(KNOWN_KEYS), "the config")
-    for key in ("model", "data"):
-        if config.get(key) in (None, ""):
-            raise ConfigError(f"the config has no {key!r}; give it in the config file or as --{key}")
-    task = config.get("task", "classification")
-    if task not in TASKS:
-        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    evaluate_on = config.get("evaluate_on")
-    if evaluate_on is not None and evaluate_on not in SPLITS:
-        raise ConfigError(f"evaluate_on must be one of {', '.join(SPLITS)}, got {evaluate_on!r}")
-
-    from .data.builder import DatasetBuilder
-
-    data = _data_args(config)
-    _bind(DatasetBuilder.from_file, "data", kwargs=data)
-    if isinstance(config.get("deduplicate"), Mapping):
-        _bind(DatasetBuilder.deduplicate, "deduplicate", kwargs=config["deduplicate"], skip=("self",))
-    elif not isinstance(config.get("deduplicate", False), bool):
-        raise ConfigError(f"deduplicate must be true/false or a mapping of arguments, got {config['deduplicate']!r}")
-    _bind(DatasetBuilder.split, "split", kwargs=_mapping(config, "split"), skip=("self",))
-    _check_training(_mapping(config, "training"))
-
-
-def _data_args(config: Mapping[str, Any]) -> dict[str, Any]:
-    data = config.get("data")
-    if isinstance(data, (str, Path)):
-        return {"path": str(data)}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"data must be a file path or a mapping with 'path', got {data!r}")
-    data = dict(data)
-    if "path" not in data:
-        raise ConfigError("data needs a 'path' (the file to load), e.g. data: {path: train.jsonl, text: text}")
-    return data
-
-
-def _check_training(training: Mapping[str, Any]) -> None:
-    from .training.args import TrainingArgs
-
-    fields = list(TrainingArgs.__dataclass_fields__)
-    _check_keys(training, fields + list(TUNER_OPTIONS), "training")
-    args = TrainingArgs(**{k: v for k, v in training.items() if k in fields})
-    try:
-        args.validate()
-    except ValueError as err:
-        raise ConfigError(f"training: {err}") from None
-
-
-# --------------------------------------------------------------------------- building the objects
-
-
-def _registry(module: Any, base: type) -> dict[str, type]:
-    """Classes of `module.__all__` deriving from `base`, by normalized class name and `name` attribute."""
-    found: dict[str, type] = {}
-    for attr in module.__all__:
-        obj = getattr(module, attr)
-        if isinstance(obj, type) and issubclass(obj, base) and obj is not base:
-            found[_norm(obj.__name__)] = obj
-            found.setdefault(_norm(str(getattr(obj, "name", ""))), obj)
-    found.pop("", None)
-    return found
-
-
-def _norm(name: str) -> str:
-    return name.replace("_", "").replace("-", "").lower()
-
-
-def _build(spec: Any, registry: Mapping[str, type], kind: str) -> Any:
-    """One object from `Name`, `{Name: value}`, `{Name: [args]}` or `{Name: {argument: value}}`."""
-    if isinstance(spec, str):
-        name, value = spec, None
-    elif isinstance(spec, Mapping) and len(spec) == 1:
-        name, value = next(iter(spec.items()))
-    else:
-        raise ConfigError(f"each of {kind} is a name or a one-key mapping {{Name: arguments}}, got {spec!r}")
-    cls = registry.get(_norm(str(name)))
-    if cls is None:
-        names = sorted({c.__name__ for c in registry.values()})
-        raise ConfigError(f"unknown {kind[:-1]} {name!r}; known: {', '.join(names)}")
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    if isinstance(value, Mapping):
-        kwargs = dict(value)
-    elif isinstance(value, list):
-        args = value
-    elif value is not None:
-        args = [value]
-    where = f"{kind[:-1]} {cls.__name__}"
-    if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values()):
-        _bind(cls, where, args, kwargs)
-    try:
-        return cls(*args, **kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: {err}") from None
-
-
-def _construct(cls: type, kwargs: Mapping[str, Any], where: str) -> Any:
-    _bind(cls, where, kwargs=kwargs)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: {err}") from None
-
-
-def build_components(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The Preprocessor, LayerFreezer, regularizers and MetricSuite a config describes (no data or model)."""
-    from . import metrics as metrics_module
-    from . import regularizers as regularizers_module
-    from .data.preprocessor import Preprocessor
-    from .freezing import LayerFreezer
-    from .metrics import Metric, MetricSuite
-    from .regularizers import Regularizer
-
-    out: dict[str, Any] = {"preprocessor": _construct(Preprocessor, _mapping(config, "preprocessor"), "preprocessor")}
-    freezer = config.get("freezer")
-    out["freezer"] = _construct(LayerFreezer, _mapping(config, "freezer"), "freezer") if freezer else None
-    regs = config.get("regularizers") or []
-    if not isinstance(regs, list):
-        raise ConfigError(f"regularizers must be a list, e.g. [WeightDecay: 0.01], got {regs!r}")
-    registry = _registry(regularizers_module, Regularizer)
-    out["regularizers"] = [_build(spec, registry, "regularizers") for spec in regs]
-    mets = config.get("metrics")
-    if mets is None:
-        out["metrics"] = None
-    else:
-        if not isinstance(mets, list) or not mets:
-            raise ConfigError(f"metrics must be a non-empty list, e.g. [accuracy, f1], got {mets!r}")
-        registry = _registry(metrics_module, Metric)
-        built = [_build(spec, registry, "metrics") for spec in mets]
-        try:
-            out["metrics"] = MetricSuite(built)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"metrics: {err}") from None
-    return out
-
-
-# --------------------------------------------------------------------------- running
 
 
 def _load_splits(config: Mapping[str, Any], split: bool) -> Any:
     from .data.builder import DatasetBuilder, Splits
 
-    builder = DatasetBuilder.from_file(**_data_args(config))
+    builder = DatasetBuilder.from_file(**data_args(config))
     dedup = config.get("deduplicate")
     if dedup:
         builder.deduplicate(**(dict(dedup) if isinstance(dedup, Mapping) else {}))
     if not split:
         return Splits(builder.records, dropped=dict(builder.dropped), dedup_counts=dict(builder.dedup_counts))
-    splits = builder.split(**_mapping(config, "split"))
+    splits = builder.split(**section(config, "split"))
     if config.get("remove_leakage"):
         splits = splits.remove_leakage()
     return splits
@@ -332,7 +79,7 @@ def _tuner(config: Mapping[str, Any], parts: Mapping[str, Any]) -> Any:
     return FineTuner(config["model"], task=config.get("task", "classification"), tokenizer=config.get("tokenizer"),
                      preprocessor=parts["preprocessor"], freezer=parts["freezer"],
                      regularizers=parts["regularizers"], metrics=parts["metrics"],
-                     output_dir=config.get("output_dir"), **_mapping(config, "training"))
+                     output_dir=config.get("output_dir"), **section(config, "training"))
 
 
 def _jsonable(value: Any) -> Any:
@@ -402,7 +149,7 @@ def run_evaluate(config: Mapping[str, Any]) -> dict[str, Any]:
     records = splits[name]
     if not len(records):
         raise ConfigError(f"the {name} split is empty; nothing to evaluate")
-    training = {k: v for k, v in _mapping(config, "training").items() if k != "overwrite"}
+    training = {k: v for k, v in section(config, "training").items() if k != "overwrite"}
     tuner = _tuner({**config, "output_dir": None, "training": training}, parts)
     results = {"task": tuner.task.name, "model": str(config["model"]), "evaluated_on": name if "split" in config
                else "all", "size": len(records), "metrics": tuner.evaluate(records)}
@@ -467,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         if command == "train":
             g = p.add_argument_group("training (FineTuner settings)")
             for name, default in _training_fields().items():
-                g.add_argument(f"--{name.replace('_', '-')}", dest=f"training.{name}", type=_scalar,
+                g.add_argument(f"--{name.replace('_', '-')}", dest=f"training.{name}", type=parse_scalar,
                                metavar="VALUE", help=f"default {default!r}")
             g.add_argument("--device", dest="training.device", help="cpu, cuda, ... (default: cuda when available)")
             g.add_argument("--overwrite", dest="training.overwrite", action="store_true", default=None,
@@ -539,7 +286,7 @@ def config_from_args(ns: argparse.Namespace) -> dict[str, Any]:
             put(f"freezer.{name}", values[name])
     for spec in ns.regularizer or []:
         name, _, value = spec.partition("=")
-        config.setdefault("regularizers", []).append({name: _scalar(value)} if value else name)
+        config.setdefault("regularizers", []).append({name: parse_scalar(value)} if value else name)
     for name in ns.metric or []:
         config.setdefault("metrics", []).append(name)
     for key, value in values.items():
@@ -549,7 +296,7 @@ def config_from_args(ns: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set takes KEY=VALUE (e.g. training.seed=1), got {item!r}")
-        put(key.strip(), _scalar(value))
+        put(key.strip(), parse_scalar(value))
     return config
 
 
@@ -578,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(ns)
         # fail on unknown keys before anything is imported or loaded
-        _check_keys(config, list(KNOWN_KEYS), "the config")
+        check_keys(config, list(KNOWN_KEYS), "the config")
         _setup_logging(ns.quiet)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         results = run_train(config) if ns.command == "train" else run_evaluate(config)
