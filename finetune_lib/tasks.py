@@ -9,6 +9,7 @@ whatever the padding or the lengths.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -209,7 +210,7 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], *, batch_size
             chunk = prompts[i: i + batch_size]
             enc = {k: v.to(device) for k, v in _prompt_batch(tokenizer, chunk, pad_id, not is_encoder_decoder).items()}
             # 2. decode without sampling, with the KV cache
-            with autocast() if autocast is not None else _null():
+            with autocast() if autocast is not None else contextlib.nullcontext():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                      pad_token_id=pad_id)
             # 3. decoder-only: drop the prompt (every row's prompt ends at the same column)
@@ -234,8 +235,3 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], *, batch_size
 def _clock() -> float:
     """Seconds of a monotonic clock (a function, so tests can replace it)."""
     return time.perf_counter()
-
-
-class _null:
-    def __enter__(self) -> None: ...
-    def __exit__(self, *a: Any) -> None: ...
