@@ -41,6 +41,9 @@ class TrainingArgs:
         distributed: how the model is spread over processes under `torchrun` (WORLD_SIZE > 1; ignored
             in a single process): "auto" (DDP), "ddp" (a full copy per process), or "fsdp" (weights,
             gradients and optimizer state sharded per transformer block, for models that do not fit).
+        cpu_memory_reuse: on a CPU, tune glibc's malloc so freed tensor memory is reused instead of
+            faulted in again every step (15-20% faster MiniLM training in BENCHMARKS.md; process-wide,
+            see `finetune_lib.training.memory`). False leaves the allocator as it is.
     """
 
     epochs: float = 3
@@ -65,6 +68,7 @@ class TrainingArgs:
     seed: int = 0
     on_nonfinite: str = "stop"
     distributed: str = "auto"
+    cpu_memory_reuse: bool = True
 
     def validate(self) -> None:
         def positive(name: str, value: Any, integer: bool = False) -> None:
@@ -89,6 +93,8 @@ class TrainingArgs:
         if self.distributed not in ("auto", "ddp", "fsdp"):
             raise ValueError(f"distributed must be 'auto' (DDP under torchrun), 'ddp' or 'fsdp' (shard the model "
                              f"across processes), got {self.distributed!r}.")
+        if not isinstance(self.cpu_memory_reuse, bool):
+            raise ValueError(f"cpu_memory_reuse must be True or False, got {self.cpu_memory_reuse!r}.")
         budget = self.generation_time_budget
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
             raise ValueError(f"generation_time_budget must be a positive number of seconds (e.g. 600), or None for "

@@ -18,11 +18,13 @@ from ..tasks import Task, get_task
 from .args import TrainingArgs
 from .callbacks import ProgressBar
 from .distributed import DistributedContext, main_first
+from .embedding_grad import reused_embedding_grads
 from .evaluation import evaluate_model, predict_records
 from .events import Callback, CallbackList, TrainState
 from .guards import NonFiniteLossError, OutOfMemoryError, StopSignals, is_out_of_memory, nonfinite_message
 from .loading import as_records, check_token_ids, labels_from_model, load_model, load_tokenizer, max_positions
 from .loggers import make_loggers
+from .memory import reuse_cpu_memory
 from .optim import Schedule, add_parameter_groups, build_optimizer, clip_gradients, parameter_groups
 from .precision import resolve_precision
 from .resume import fingerprint as run_fingerprint
@@ -87,6 +89,7 @@ class FineTuner:
         self.precision = resolve_precision(self.args.precision, self.device)
         # reading a scalar back costs nothing on CPU (and FSDP's sharded norms stay on torch's path)
         self._host_reads_free = self.device.type == "cpu" and not self.dist.fsdp
+        self._reuse_memory = self.device.type == "cpu" and self.args.cpu_memory_reuse
         self.dist.check(freezer, [*self.regularizers, *self.user_callbacks], self.precision)  # what DDP/FSDP refuse
         self.progress = progress
         self.loggers = list(loggers)
@@ -128,6 +131,8 @@ class FineTuner:
             self.data_summary = build_report({"train": train_records, **({"validation": val_records} if val_records else {})})
         self.dist.init(self.device)
         self.dist.barrier()  # every process has checked the folder before rank 0 writes to it
+        if self._reuse_memory:
+            reuse_cpu_memory()  # freed tensor memory is reused, not faulted in again every step
         # 2. model, tokenizer and labels
         self._setup(train_records)
         assert self.model is not None
@@ -168,7 +173,8 @@ class FineTuner:
                  len(train_features), "packed rows" if packed else "examples", micro, args.gradient_accumulation)
         events.emit("fit_start", state)
         running_loss, running_windows, grad_norm = torch.zeros((), device=self.device), 0, None
-        with StopSignals() as signals:
+        # on a CPU in one process, large embedding tables add their rows into a reused gradient buffer
+        with StopSignals() as signals, reused_embedding_grads(model, self._reuse_memory and not self.dist.enabled):
             while state.step < max_steps and not state.should_stop:
                 order = batches.epoch(state.epoch)
                 if state.batch_in_epoch >= len(order):  # resumed right at an epoch boundary
@@ -246,6 +252,8 @@ class FineTuner:
         self._setup(records)
         features = self.preprocessor.encode(records, "evaluation")
         check_token_ids(features, self.model, "evaluation")
+        if self._reuse_memory:
+            reuse_cpu_memory()
         with self.dist.unsharded(self.model):  # FSDP: every process holds the full weights while evaluating
             results = evaluate_model(self, records, features, slices=slices, confidence=confidence, batch_size=batch_size)
         self.last_results, self.last_confidence = dict(results), confidence
