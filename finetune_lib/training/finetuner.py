@@ -21,7 +21,14 @@ from .distributed import DistributedContext, main_first
 from .embedding_grad import reused_embedding_grads
 from .evaluation import evaluate_model, predict_records
 from .events import Callback, CallbackList, TrainState
-from .guards import NonFiniteLossError, OutOfMemoryError, StopSignals, is_out_of_memory, nonfinite_message
+from .guards import (
+    DeviceFiniteGuard,
+    NonFiniteLossError,
+    OutOfMemoryError,
+    StopSignals,
+    is_out_of_memory,
+    nonfinite_message,
+)
 from .loading import as_records, check_token_ids, labels_from_model, load_model, load_tokenizer, max_positions
 from .loggers import make_loggers
 from .memory import reuse_cpu_memory
@@ -173,6 +180,9 @@ class FineTuner:
                  len(train_features), "packed rows" if packed else "examples", micro, args.gradient_accumulation)
         events.emit("fit_start", state)
         running_loss, running_windows, grad_norm = torch.zeros((), device=self.device), 0, None
+        # no host read per step where reads cost a sync (CUDA, FSDP): the device-side check
+        guard = (DeviceFiniteGuard(self.device) if not self._host_reads_free and not scaler
+                 and DeviceFiniteGuard.usable(self.optimizer) else None)
         # on a CPU in one process, large embedding tables add their rows into a reused gradient buffer
         with StopSignals() as signals, reused_embedding_grads(model, self._reuse_memory and not self.dist.enabled):
             while state.step < max_steps and not state.should_stop:
@@ -195,11 +205,16 @@ class FineTuner:
                         # in the model's parameter order, whatever the optimizer's grouping
                         grad_norm = clip_gradients([p for p in model.parameters() if p.grad is not None],
                                                    args.max_grad_norm, skip_when_within=self._host_reads_free)
-                    # 8. a NaN/inf loss stops (or skips) the step before the weights change
-                    if not scaler and not self._finite(self.dist.sum(window_loss), grad_norm, state, window):
+                    # 8. a NaN/inf loss stops (or skips) the step before the weights change; on CUDA
+                    # the fused kernel skips it on the device, and the count is read at log steps
+                    if guard is not None:
+                        running_loss += torch.where(guard.mark(self.optimizer, self.dist.sum(window_loss), grad_norm),
+                                                    window_loss, 0.0)
+                    elif not scaler and not self._finite(self.dist.sum(window_loss), grad_norm, state, window):
                         state.batch_in_epoch += len(window)
                         continue
-                    running_loss += window_loss
+                    else:
+                        running_loss += window_loss
                     if scaler:
                         scaler.step(self.optimizer)
                         scaler.update()
@@ -214,8 +229,9 @@ class FineTuner:
                     events.emit("batch_end", state)
                     # 9. log (the only place the loss is read back to the host), evaluate, checkpoint
                     if state.step % args.log_every == 0 or state.step == max_steps:
+                        good = running_windows - (self._deferred_nonfinite(guard, state, running_windows) if guard else 0)
                         self._log(state, events, {"train/loss": (self.dist.sum(running_loss) / self.dist.world_size
-                                                                  / running_windows).item(),
+                                                                  / max(good, 1)).item(),
                                                   "train/lr": self.optimizer.param_groups[0]["lr"],
                                                   **({"train/grad_norm": float(grad_norm)} if grad_norm is not None else {}),
                                                   **{f"train/{k}": float(v) for k, v in state.penalties.items()},
@@ -241,6 +257,8 @@ class FineTuner:
                 if epoch_done:
                     events.emit("epoch_end", state)
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        if guard is not None and running_windows:  # stopped between log steps (e.g. early stopping)
+            self._deferred_nonfinite(guard, state, running_windows)
         events.emit("fit_end", state)
         model.eval()
         return self.history
@@ -356,6 +374,23 @@ class FineTuner:
                 state.extra["micro_batch_split"] = split * 2
                 log.warning("out of memory at step %d: micro-batches of %d examples split in two (%d per step, "
                             "same effective batch)", state.step + 1, largest, len(pieces) * 2)
+
+    def _deferred_nonfinite(self, guard: DeviceFiniteGuard, state: TrainState, windows: int) -> int:
+        """Read the device-side count of non-finite steps since the last log; stop or count them."""
+        bad = guard.read()
+        if not bad:
+            return 0
+        message = (f"{bad} of the last {windows} steps (up to step {state.step}, epoch {state.epoch}) had a non-finite "
+                   "loss or gradient norm; their updates were skipped on the device, so the weights hold no "
+                   "non-finite update. Lower the learning rate, use precision='bf16' instead of 'fp16', set "
+                   "max_grad_norm, log every step (log_every=1) to find the step, or pass on_nonfinite='skip'.")
+        if self.args.on_nonfinite == "stop":
+            raise NonFiniteLossError(message)
+        state.extra["skipped_steps"] = state.extra.get("skipped_steps", 0) + bad
+        if bad == windows and windows >= 20:
+            raise NonFiniteLossError(f"20 steps in a row were not finite; training is diverging, not glitching. {message}")
+        log.warning("skipped: %s", message)
+        return bad
 
     def _finite(self, window_loss: torch.Tensor, grad_norm: torch.Tensor | None, state: TrainState,
                 window: list[list[int]]) -> bool:

@@ -49,6 +49,46 @@ def nonfinite_message(what: str, step: int, epoch: int, batch_in_epoch: int, exa
             "'fp16', set max_grad_norm, check these examples, or pass on_nonfinite='skip' to skip such steps.")
 
 
+class DeviceFiniteGuard:
+    """The non-finite check without a host read per step (CUDA, FSDP), for a fused AdamW.
+
+    Each step, `mark` computes on the device whether the step's loss and gradient norm are finite
+    and hands the answer to the fused AdamW kernel as `found_inf` (as torch's GradScaler does), which
+    leaves the weights, the moments and the step count untouched for a non-finite step. Such steps
+    are counted on the device; `read()` brings the count to the host at log steps, where the run
+    stops (`on_nonfinite="stop"`) or counts them as skipped (`"skip"`). The weights never take a
+    non-finite update either way; what differs from the per-step check is when it is reported.
+
+    Example:
+        >>> guard = DeviceFiniteGuard(device)
+        >>> ok = guard.mark(optimizer, loss, grad_norm); optimizer.step()
+        >>> guard.read()   # non-finite steps since the last read
+        0
+    """
+
+    def __init__(self, device: torch.device):
+        self.count = torch.zeros((), device=device)
+        self.read_so_far = 0
+
+    @staticmethod
+    def usable(optimizer: torch.optim.Optimizer) -> bool:
+        """Only the fused Adam/AdamW kernels take `found_inf`."""
+        return bool(optimizer.defaults.get("fused"))
+
+    def mark(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> torch.Tensor:
+        ok = torch.isfinite(loss) if grad_norm is None else torch.isfinite(loss) & torch.isfinite(grad_norm)
+        found = (~ok).to(torch.float32)
+        optimizer.found_inf = found  # type: ignore[attr-defined]  # read by the fused kernel
+        self.count += found
+        return ok
+
+    def read(self) -> int:
+        """Non-finite steps since the last read (one host read)."""
+        total = int(self.count.item())
+        new, self.read_so_far = total - self.read_so_far, total
+        return new
+
+
 class StopSignals:
     """Context manager: records SIGTERM/SIGINT instead of dying mid-step (main thread only)."""
 
