@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import SEED, emit, lm_features, lm_records, set_threads  # noqa: E402
 
-CAUSAL = {"layers": 6, "hidden": 256, "heads": 4, "vocab": 2000, "max_length": 128, "train": 400, "quick_train": 100,
+CAUSAL = {"layers": 6, "hidden": 256, "heads": 4, "vocab": 2000, "max_length": 128, "train": 1200, "quick_train": 100,
           "epochs": 1}
 EVAL = {"layers": 2, "hidden": 128, "heads": 2, "vocab": 30000, "max_length": 64}
 
