@@ -97,6 +97,8 @@ class FineTuner:
         # reading a scalar back costs nothing on CPU (and FSDP's sharded norms stay on torch's path)
         self._host_reads_free = self.device.type == "cpu" and not self.dist.fsdp
         self._reuse_memory = self.device.type == "cpu" and self.args.cpu_memory_reuse
+        # CUDA without FSDP: the non-finite check stays on the device (FSDP's sharded norms keep the host check)
+        self._device_guard = self.device.type == "cuda" and not self.dist.fsdp
         self.dist.check(freezer, [*self.regularizers, *self.user_callbacks], self.precision)  # what DDP/FSDP refuse
         self.progress = progress
         self.loggers = list(loggers)
@@ -180,8 +182,8 @@ class FineTuner:
                  len(train_features), "packed rows" if packed else "examples", micro, args.gradient_accumulation)
         events.emit("fit_start", state)
         running_loss, running_windows, grad_norm = torch.zeros((), device=self.device), 0, None
-        # no host read per step where reads cost a sync (CUDA, FSDP): the device-side check
-        guard = (DeviceFiniteGuard(self.device) if not self._host_reads_free and not scaler
+        # no host read per step where reads cost a sync (CUDA): the device-side check
+        guard = (DeviceFiniteGuard(self.device) if self._device_guard and not scaler
                  and DeviceFiniteGuard.usable(self.optimizer) else None)
         # on a CPU in one process, large embedding tables add their rows into a reused gradient buffer
         with StopSignals() as signals, reused_embedding_grads(model, self._reuse_memory and not self.dist.enabled):

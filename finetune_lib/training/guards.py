@@ -50,7 +50,7 @@ def nonfinite_message(what: str, step: int, epoch: int, batch_in_epoch: int, exa
 
 
 class DeviceFiniteGuard:
-    """The non-finite check without a host read per step (CUDA, FSDP), for a fused AdamW.
+    """The non-finite check without a host read per step (CUDA, one process or DDP), for a fused AdamW.
 
     Each step, `mark` computes on the device whether the step's loss and gradient norm are finite
     and hands the answer to the fused AdamW kernel as `found_inf` (as torch's GradScaler does), which

@@ -1,4 +1,4 @@
-"""The non-finite check without a host read per step (the CUDA/FSDP path), exercised on a CPU."""
+"""The non-finite check without a host read per step (the CUDA path), exercised on a CPU."""
 
 import traceback
 
@@ -12,7 +12,8 @@ from .test_guards import PoisonAt, make
 
 
 def device_path(tuner):
-    tuner._host_reads_free = False  # what CUDA and FSDP set: every host read would synchronize
+    tuner._host_reads_free = False  # what CUDA sets: every host read would synchronize
+    tuner._device_guard = True
     return tuner
 
 
