@@ -140,8 +140,6 @@ class FineTuner:
             self.data_summary = build_report({"train": train_records, **({"validation": val_records} if val_records else {})})
         self.dist.init(self.device)
         self.dist.barrier()  # every process has checked the folder before rank 0 writes to it
-        if self._reuse_memory:
-            reuse_cpu_memory()  # freed tensor memory is reused, not faulted in again every step
         # 2. model, tokenizer and labels
         self._setup(train_records)
         assert self.model is not None
@@ -272,8 +270,6 @@ class FineTuner:
         self._setup(records)
         features = self.preprocessor.encode(records, "evaluation")
         check_token_ids(features, self.model, "evaluation")
-        if self._reuse_memory:
-            reuse_cpu_memory()
         with self.dist.unsharded(self.model):  # FSDP: every process holds the full weights while evaluating
             results = evaluate_model(self, records, features, slices=slices, confidence=confidence, batch_size=batch_size)
         self.last_results, self.last_confidence = dict(results), confidence
@@ -381,18 +377,25 @@ class FineTuner:
         """Read the device-side count of non-finite steps since the last log; stop or count them."""
         bad = guard.read()
         if not bad:
+            state.extra["skipped_in_a_row"] = 0
             return 0
         message = (f"{bad} of the last {windows} steps (up to step {state.step}, epoch {state.epoch}) had a non-finite "
                    "loss or gradient norm; their updates were skipped on the device, so the weights hold no "
                    "non-finite update. Lower the learning rate, use precision='bf16' instead of 'fp16', set "
                    "max_grad_norm, log every step (log_every=1) to find the step, or pass on_nonfinite='skip'.")
+        self._stop_or_skip(state, message, bad, streak_continues=bad == windows)
+        return bad
+
+    def _stop_or_skip(self, state: TrainState, message: str, steps: int, streak_continues: bool) -> None:
+        """Raise for on_nonfinite="stop"; otherwise count `steps` skipped steps (and stop after 20 in a row)."""
         if self.args.on_nonfinite == "stop":
             raise NonFiniteLossError(message)
-        state.extra["skipped_steps"] = state.extra.get("skipped_steps", 0) + bad
-        if bad == windows and windows >= 20:
+        state.extra["skipped_steps"] = state.extra.get("skipped_steps", 0) + steps
+        streak = state.extra.get("skipped_in_a_row", 0) if streak_continues else 0
+        state.extra["skipped_in_a_row"] = streak + steps
+        if state.extra["skipped_in_a_row"] >= 20:
             raise NonFiniteLossError(f"20 steps in a row were not finite; training is diverging, not glitching. {message}")
         log.warning("skipped: %s", message)
-        return bad
 
     def _finite(self, window_loss: torch.Tensor, grad_norm: torch.Tensor | None, state: TrainState,
                 window: list[list[int]]) -> bool:
@@ -406,17 +409,13 @@ class FineTuner:
         examples = [i for idx in window for i in idx]
         message = nonfinite_message(f"The {bad}", state.step, state.epoch, state.batch_in_epoch, examples,
                                     state.extra.get("last_checkpoint"))
-        if self.args.on_nonfinite == "stop":
-            raise NonFiniteLossError(message)
-        state.extra["skipped_steps"] = state.extra.get("skipped_steps", 0) + 1
-        state.extra["skipped_in_a_row"] = state.extra.get("skipped_in_a_row", 0) + 1
-        if state.extra["skipped_in_a_row"] >= 20:
-            raise NonFiniteLossError(f"20 steps in a row were not finite; training is diverging, not glitching. {message}")
-        log.warning("skipped: %s", message)
+        self._stop_or_skip(state, message, 1, streak_continues=True)
         return False
 
     def _setup(self, records: list[dict[str, Any]] | None) -> None:
         """Load tokenizer and model once; learn labels from `records` (training data) when needed."""
+        if self._reuse_memory:
+            reuse_cpu_memory()  # freed tensor memory is reused, not faulted in again every step
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.model_source, self.tokenizer_source)
         pre = self.preprocessor

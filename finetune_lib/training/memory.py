@@ -69,7 +69,8 @@ def reuse_cpu_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = all(mallopt(param, value) == 1 for param, value in SETTINGS.items())
+    accepted = [mallopt(param, value) == 1 for param, value in SETTINGS.items()]  # each one tried
+    _applied = all(accepted)
     if not _applied:
         log.debug("glibc refused a mallopt setting; CPU memory reuse is partly in effect")
     return _applied
