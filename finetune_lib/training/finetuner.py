@@ -21,6 +21,7 @@ from .distributed import DistributedContext, main_first
 from .embedding_grad import reused_embedding_grads
 from .evaluation import evaluate_model, predict_records
 from .events import Callback, CallbackList, TrainState
+from .fast_dropout import fast_dropout
 from .guards import (
     DeviceFiniteGuard,
     NonFiniteLossError,
@@ -97,6 +98,7 @@ class FineTuner:
         # reading a scalar back costs nothing on CPU (and FSDP's sharded norms stay on torch's path)
         self._host_reads_free = self.device.type == "cpu" and not self.dist.fsdp
         self._reuse_memory = self.device.type == "cpu" and self.args.cpu_memory_reuse
+        self._fast_dropout = self.device.type == "cpu" and self.args.cpu_fast_dropout
         # CUDA without FSDP: the non-finite check stays on the device (FSDP's sharded norms keep the host check)
         self._device_guard = self.device.type == "cuda" and not self.dist.fsdp
         self.dist.check(freezer, [*self.regularizers, *self.user_callbacks], self.precision)  # what DDP/FSDP refuse
@@ -183,8 +185,10 @@ class FineTuner:
         # no host read per step where reads cost a sync (CUDA): the device-side check
         guard = (DeviceFiniteGuard(self.device) if self._device_guard and not scaler
                  and DeviceFiniteGuard.usable(self.optimizer) else None)
-        # on a CPU in one process, large embedding tables add their rows into a reused gradient buffer
-        with StopSignals() as signals, reused_embedding_grads(model, self._reuse_memory and not self.dist.enabled):
+        # on a CPU: large embedding tables add their rows into a reused gradient buffer (one process),
+        # and dropout masks come from a vectorized generator
+        with (StopSignals() as signals, reused_embedding_grads(model, self._reuse_memory and not self.dist.enabled),
+              fast_dropout(model, self._fast_dropout)):
             while state.step < max_steps and not state.should_stop:
                 order = batches.epoch(state.epoch)
                 if state.batch_in_epoch >= len(order):  # resumed right at an epoch boundary

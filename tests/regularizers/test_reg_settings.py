@@ -244,7 +244,8 @@ def test_label_smoothing_smooths_the_training_loss_only():
                               state.batch["labels"].clone()))
 
     tok = tiny_tokenizer(kind="encoder")
-    model = tiny_model("bert", "classification", vocab_size=len(tok), num_labels=3)
+    model = tiny_model("bert", "classification", vocab_size=len(tok), num_labels=3, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0)  # the logits depend on the weights only
     with torch.no_grad():
         model.classifier.weight.mul_(300)  # confident logits, far from uniform: smoothing changes the loss a lot
     records = [{"text": t, "label": i % 3} for i, t in enumerate(sample_texts(24, seed=0, max_words=8))]
