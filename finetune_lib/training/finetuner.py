@@ -17,6 +17,7 @@ from ..data.preprocessor import Preprocessor
 from ..tasks import Task, get_task
 from .args import TrainingArgs
 from .callbacks import ProgressBar
+from .cpu_attention import training_attention
 from .distributed import DistributedContext, main_first
 from .embedding_grad import reused_embedding_grads
 from .evaluation import evaluate_model, predict_records
@@ -347,7 +348,8 @@ class FineTuner:
                 for n, (idx, batch) in enumerate(zip(shares, micro_batches)):
                     state.batch, state.example_ids = to_device(batch, self.device), idx
                     events.emit("batch_start", state)
-                    with self.dist.no_sync(self._train_model, last=n == len(micro_batches) - 1):
+                    with (self.dist.no_sync(self._train_model, last=n == len(micro_batches) - 1),
+                          training_attention(self.device, state.batch)):
                         # forward in mixed precision; the loss in float32
                         with self.precision.autocast():
                             state.outputs = self.task.forward(self._train_model, state.batch)
