@@ -23,12 +23,13 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .patching import patched_forwards
 
 #: tables smaller than this keep torch's own backward (their fresh allocation is cheap)
 MIN_ELEMENTS = 1 << 20
@@ -75,15 +76,8 @@ def _patched_forward(module: nn.Embedding, buffer: list[torch.Tensor]) -> Any:
     return forward
 
 
-@contextlib.contextmanager
-def reused_embedding_grads(model: nn.Module, enabled: bool = True) -> Iterator[int]:
+def reused_embedding_grads(model: nn.Module, enabled: bool = True) -> contextlib.AbstractContextManager[int]:
     """Within the block, large embedding tables of `model` write their gradient into a reused buffer
     (see the module docstring); yields how many tables were patched."""
-    patched = [m for m in model.modules() if isinstance(m, nn.Embedding) and _eligible(m)] if enabled else []
-    for m in patched:
-        m.forward = _patched_forward(m, [])  # type: ignore[method-assign]
-    try:
-        yield len(patched)
-    finally:
-        for m in patched:
-            del m.forward
+    tables = [m for m in model.modules() if isinstance(m, nn.Embedding) and _eligible(m)] if enabled else []
+    return patched_forwards(tables, lambda m: _patched_forward(m, []))

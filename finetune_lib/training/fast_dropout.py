@@ -25,11 +25,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+from .patching import patched_forwards
 
 _GAMMA = 0x9E3779B97F4A7C15 - (1 << 64)  # SplitMix64's constants as signed 64-bit integers
 _MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
@@ -105,15 +106,8 @@ def _patched_forward(module: nn.Dropout) -> Any:
     return forward
 
 
-@contextlib.contextmanager
-def fast_dropout(model: nn.Module, enabled: bool = True) -> Iterator[int]:
+def fast_dropout(model: nn.Module, enabled: bool = True) -> contextlib.AbstractContextManager[int]:
     """Within the block, the `nn.Dropout` modules of `model` draw their masks with `keep_mask` (see
     the module docstring); yields how many modules were patched."""
-    patched = [m for m in model.modules() if type(m).forward is nn.Dropout.forward] if enabled else []
-    for m in patched:
-        m.forward = _patched_forward(m)  # type: ignore[method-assign]
-    try:
-        yield len(patched)
-    finally:
-        for m in patched:
-            del m.forward
+    modules = [m for m in model.modules() if type(m).forward is nn.Dropout.forward] if enabled else []
+    return patched_forwards(modules, _patched_forward)
