@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gpu-mfu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/preprocess_bench.py
 	$(PY) bench/soak.py
+
+# on a CUDA GPU: MFU of GPT-2-124M at 1,024 tokens, eager and compiled -> bench/gpu_mfu.json (sized for ~4-5 min)
+gpu-mfu: $(STAMP)
+	$(PY) bench/gpu_mfu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

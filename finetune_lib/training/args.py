@@ -48,6 +48,16 @@ class TrainingArgs:
             seeded from torch's, about 4x faster than torch's serial Bernoulli draws; same keep
             probability and scaling, reproducible under `seed` and resume, but not torch's masks (see
             `finetune_lib.training.fast_dropout`). False keeps torch's dropout.
+        compile: run the training forward and backward through `torch.compile` (TorchInductor). The
+            first steps are slower while it compiles (tens of seconds on a CPU); best on a GPU with
+            fixed shapes such as packed rows (`Preprocessor(pack=True)`), where each new shape
+            otherwise compiles again. The model itself is not replaced: `state_dict` keys,
+            checkpoints, `save()` and resume are unchanged, and evaluation, `predict` and generation
+            run eagerly. On a CPU it replaces the CPU patches (`cpu_fast_dropout`, the reused
+            embedding gradients of `cpu_memory_reuse`, the SDPA kernel choice): the compiler fuses
+            dropout itself. Needs a C++ compiler on a CPU and Triton on a GPU (checked when the
+            `FineTuner` is built). Works under DDP (compiled before wrapping); refused under FSDP
+            and with `LayerFreezer(cache_prefix=True)`. See `finetune_lib.training.compiling`.
     """
 
     epochs: float = 3
@@ -74,6 +84,7 @@ class TrainingArgs:
     distributed: str = "auto"
     cpu_memory_reuse: bool = True
     cpu_fast_dropout: bool = True
+    compile: bool = False
 
     def validate(self) -> None:
         def positive(name: str, value: Any, integer: bool = False) -> None:
@@ -98,7 +109,7 @@ class TrainingArgs:
         if self.distributed not in ("auto", "ddp", "fsdp"):
             raise ValueError(f"distributed must be 'auto' (DDP under torchrun), 'ddp' or 'fsdp' (shard the model "
                              f"across processes), got {self.distributed!r}.")
-        for name in ("cpu_memory_reuse", "cpu_fast_dropout"):
+        for name in ("cpu_memory_reuse", "cpu_fast_dropout", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         budget = self.generation_time_budget

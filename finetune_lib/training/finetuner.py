@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..data.preprocessor import Preprocessor
 from ..tasks import Task, get_task
 from .args import TrainingArgs
 from .callbacks import ProgressBar
+from .compiling import check_compile, compile_failure, for_training
 from .cpu_attention import training_attention
 from .distributed import DistributedContext, main_first
 from .embedding_grad import reused_embedding_grads
@@ -99,10 +101,13 @@ class FineTuner:
         # reading a scalar back costs nothing on CPU (and FSDP's sharded norms stay on torch's path)
         self._host_reads_free = self.device.type == "cpu" and not self.dist.fsdp
         self._reuse_memory = self.device.type == "cpu" and self.args.cpu_memory_reuse
-        self._fast_dropout = self.device.type == "cpu" and self.args.cpu_fast_dropout
+        self._cpu_patches = self.device.type == "cpu" and not self.args.compile  # compiled: none (compiling.py)
+        self._fast_dropout = self._cpu_patches and self.args.cpu_fast_dropout
         # CUDA without FSDP: the non-finite check stays on the device (FSDP's sharded norms keep the host check)
         self._device_guard = self.device.type == "cuda" and not self.dist.fsdp
         self.dist.check(freezer, [*self.regularizers, *self.user_callbacks], self.precision)  # what DDP/FSDP refuse
+        if self.args.compile:  # a missing compiler toolchain, FSDP, a prefix cache
+            check_compile(self.device, self.dist.fsdp, freezer)
         self.progress = progress
         self.loggers = list(loggers)
         make_loggers([x for x in self.loggers if isinstance(x, str)], None)  # unknown names fail here
@@ -169,7 +174,8 @@ class FineTuner:
         if self.freezer is not None:
             self.freezer.apply(model)
         model.train()
-        self._train_model = self.dist.wrap(model, self.device)  # DDP over the trainable parameters, or FSDP
+        # torch.compile(model) with compile=True (same parameters), then DDP over the trainable ones, or FSDP
+        self._train_model = self.dist.wrap(for_training(model, args.compile), self.device)
         groups = parameter_groups(model, args.learning_rate, self.weight_decay, self._lr_scale())
         self.optimizer = state.optimizer = build_optimizer(groups, args.learning_rate, self.device)
         warmup = args.warmup_steps or int(args.warmup_ratio * max_steps)
@@ -188,7 +194,8 @@ class FineTuner:
                  and DeviceFiniteGuard.usable(self.optimizer) else None)
         # on a CPU: large embedding tables add their rows into a reused gradient buffer (one process),
         # and dropout masks come from a vectorized generator
-        with (StopSignals() as signals, reused_embedding_grads(model, self._reuse_memory and not self.dist.enabled),
+        with (StopSignals() as signals,
+              reused_embedding_grads(model, self._reuse_memory and self._cpu_patches and not self.dist.enabled),
               fast_dropout(model, self._fast_dropout)):
             while state.step < max_steps and not state.should_stop:
                 order = batches.epoch(state.epoch)
@@ -349,7 +356,7 @@ class FineTuner:
                     state.batch, state.example_ids = to_device(batch, self.device), idx
                     events.emit("batch_start", state)
                     with (self.dist.no_sync(self._train_model, last=n == len(micro_batches) - 1),
-                          training_attention(self.device, state.batch)):
+                          training_attention(self.device, state.batch) if self._cpu_patches else nullcontext()):
                         # forward in mixed precision; the loss in float32
                         with self.precision.autocast():
                             state.outputs = self.task.forward(self._train_model, state.batch)
@@ -364,6 +371,8 @@ class FineTuner:
                 return total
             except Exception as error:
                 if not is_out_of_memory(error):
+                    if self.args.compile and compile_failure(error):
+                        raise compile_failure(error) from error
                     raise
                 state.outputs = state.loss = state.batch = None
                 self.optimizer.zero_grad(set_to_none=True)
