@@ -25,6 +25,7 @@ from .embedding_grad import reused_embedding_grads
 from .evaluation import evaluate_model, predict_records
 from .events import Callback, CallbackList, TrainState
 from .fast_dropout import fast_dropout
+from .frozen_casts import cached_frozen_casts
 from .guards import (
     DeviceFiniteGuard,
     NonFiniteLossError,
@@ -193,10 +194,10 @@ class FineTuner:
         guard = (DeviceFiniteGuard(self.device) if self._device_guard and not scaler
                  and DeviceFiniteGuard.usable(self.optimizer) else None)
         # on a CPU: large embedding tables add their rows into a reused gradient buffer (one process),
-        # and dropout masks come from a vectorized generator
-        with (StopSignals() as signals,
-              reused_embedding_grads(model, self._reuse_memory and self._cpu_patches and not self.dist.enabled),
-              fast_dropout(model, self._fast_dropout)):
+        # frozen linears cast their weights once, and dropout masks come from a vectorized generator
+        reuse = self._reuse_memory and self._cpu_patches
+        with (StopSignals() as signals, reused_embedding_grads(model, reuse and not self.dist.enabled),
+              cached_frozen_casts(model, self.precision.dtype, reuse), fast_dropout(model, self._fast_dropout)):
             while state.step < max_steps and not state.should_stop:
                 order = batches.epoch(state.epoch)
                 if state.batch_in_epoch >= len(order):  # resumed right at an epoch boundary
@@ -356,7 +357,8 @@ class FineTuner:
                     state.batch, state.example_ids = to_device(batch, self.device), idx
                     events.emit("batch_start", state)
                     with (self.dist.no_sync(self._train_model, last=n == len(micro_batches) - 1),
-                          training_attention(self.device, state.batch) if self._cpu_patches else nullcontext()):
+                          training_attention(self.device, state.batch, self._fast_dropout) if self._cpu_patches
+                          else nullcontext()):
                         # forward in mixed precision; the loss in float32
                         with self.precision.autocast():
                             state.outputs = self.task.forward(self._train_model, state.batch)
