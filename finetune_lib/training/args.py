@@ -43,11 +43,13 @@ class TrainingArgs:
             gradients and optimizer state sharded per transformer block, for models that do not fit).
         cpu_memory_reuse: on a CPU, tune glibc's malloc so freed tensor memory is reused instead of
             faulted in again every step (15-20% faster MiniLM training in BENCHMARKS.md; process-wide,
-            see `finetune_lib.training.memory`). False leaves the allocator as it is.
+            see `finetune_lib.training.memory`); frozen linear layers also keep one bf16 copy of their
+            weights during `fit` (`finetune_lib.training.frozen_casts`). False turns both off.
         cpu_fast_dropout: on a CPU, `nn.Dropout` masks come from a vectorized counter-based generator
             seeded from torch's, about 4x faster than torch's serial Bernoulli draws; same keep
             probability and scaling, reproducible under `seed` and resume, but not torch's masks (see
-            `finetune_lib.training.fast_dropout`). False keeps torch's dropout.
+            `finetune_lib.training.fast_dropout`), and so does attention-probability dropout in short
+            training batches (`finetune_lib.training.cpu_attention`). False keeps torch's dropout.
         compile: run the training forward and backward through `torch.compile` (TorchInductor). The
             first steps are slower while it compiles (tens of seconds on a CPU); best on a GPU with
             fixed shapes such as packed rows (`Preprocessor(pack=True)`), where each new shape
