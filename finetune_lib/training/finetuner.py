@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,10 @@ from ..tasks import Task, get_task
 from .args import TrainingArgs
 from .callbacks import ProgressBar
 from .compiling import check_compile, compile_failure, for_training
-from .cpu_attention import training_attention
+from .cpu_paths import CpuPaths
 from .distributed import DistributedContext, main_first
-from .embedding_grad import reused_embedding_grads
 from .evaluation import evaluate_model, predict_records
 from .events import Callback, CallbackList, TrainState
-from .fast_dropout import fast_dropout
-from .frozen_casts import cached_frozen_casts
 from .guards import (
     DeviceFiniteGuard,
     NonFiniteLossError,
@@ -101,9 +97,7 @@ class FineTuner:
         self.precision = resolve_precision(self.args.precision, self.device)
         # reading a scalar back costs nothing on CPU (and FSDP's sharded norms stay on torch's path)
         self._host_reads_free = self.device.type == "cpu" and not self.dist.fsdp
-        self._reuse_memory = self.device.type == "cpu" and self.args.cpu_memory_reuse
-        self._cpu_patches = self.device.type == "cpu" and not self.args.compile  # compiled: none (compiling.py)
-        self._fast_dropout = self._cpu_patches and self.args.cpu_fast_dropout
+        self._cpu = CpuPaths.for_run(self.device, self.args)  # fast paths on a CPU (none for GPUs)
         # CUDA without FSDP: the non-finite check stays on the device (FSDP's sharded norms keep the host check)
         self._device_guard = self.device.type == "cuda" and not self.dist.fsdp
         self.dist.check(freezer, [*self.regularizers, *self.user_callbacks], self.precision)  # what DDP/FSDP refuse
@@ -193,11 +187,8 @@ class FineTuner:
         # no host read per step where reads cost a sync (CUDA): the device-side check
         guard = (DeviceFiniteGuard(self.device) if self._device_guard and not scaler
                  and DeviceFiniteGuard.usable(self.optimizer) else None)
-        # on a CPU: large embedding tables add their rows into a reused gradient buffer (one process),
-        # frozen linears cast their weights once, and dropout masks come from a vectorized generator
-        reuse = self._reuse_memory and self._cpu_patches
-        with (StopSignals() as signals, reused_embedding_grads(model, reuse and not self.dist.enabled),
-              cached_frozen_casts(model, self.precision.dtype, reuse), fast_dropout(model, self._fast_dropout)):
+        # on a CPU: reused embedding gradients, frozen weights cast once, fast dropout masks (cpu_paths.py)
+        with StopSignals() as signals, self._cpu.fit(model, self.precision.dtype, self.dist.enabled):
             while state.step < max_steps and not state.should_stop:
                 order = batches.epoch(state.epoch)
                 if state.batch_in_epoch >= len(order):  # resumed right at an epoch boundary
@@ -357,8 +348,7 @@ class FineTuner:
                     state.batch, state.example_ids = to_device(batch, self.device), idx
                     events.emit("batch_start", state)
                     with (self.dist.no_sync(self._train_model, last=n == len(micro_batches) - 1),
-                          training_attention(self.device, state.batch, self._fast_dropout) if self._cpu_patches
-                          else nullcontext()):
+                          self._cpu.micro_batch(state.batch)):
                         # forward in mixed precision; the loss in float32
                         with self.precision.autocast():
                             state.outputs = self.task.forward(self._train_model, state.batch)
@@ -373,8 +363,9 @@ class FineTuner:
                 return total
             except Exception as error:
                 if not is_out_of_memory(error):
-                    if self.args.compile and compile_failure(error):
-                        raise compile_failure(error) from error
+                    failure = compile_failure(error) if self.args.compile else None
+                    if failure is not None:
+                        raise failure from error
                     raise
                 state.outputs = state.loss = state.batch = None
                 self.optimizer.zero_grad(set_to_none=True)
@@ -431,7 +422,7 @@ class FineTuner:
 
     def _setup(self, records: list[dict[str, Any]] | None) -> None:
         """Load tokenizer and model once; learn labels from `records` (training data) when needed."""
-        if self._reuse_memory:
+        if self._cpu.malloc_reuse:
             reuse_cpu_memory()  # freed tensor memory is reused, not faulted in again every step
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.model_source, self.tokenizer_source)
