@@ -28,6 +28,18 @@ LOSS_K = 10  # the loss compared across runners: mean training loss over the fir
 
 
 # ---- data ------------------------------------------------------------------------------------------
+def gpt2(vocab: int, layers: int, hidden: int, heads: int, positions: int, tokenizer: Any) -> Any:
+    """A GPT-2 from a config (nothing downloaded), seeded, with the tokenizer's special token ids."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=vocab, n_layer=layers, n_embd=hidden, n_head=heads, n_positions=positions,
+                     pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                     eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(SEED)
+    return GPT2LMHeadModel(cfg)
+
+
 def load_amazon(path: Path = DATA_FILE) -> list[dict[str, Any]]:
     """`sentence<TAB>label` lines; lines without a tab (the stray `Review` header) are skipped."""
     if not path.exists():
@@ -82,6 +94,24 @@ def seed_all(seed: int = SEED) -> None:
 
 
 # ---- measuring -------------------------------------------------------------------------------------
+def best_matmul_seconds(n: int, dtype: Any, reps: int, device: str = "cpu", warmup: int = 1) -> float:
+    """The fastest of `reps` timed n x n products (after `warmup` untimed ones), synchronized on CUDA."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

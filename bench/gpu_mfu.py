@@ -51,7 +51,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from common import RESULT_PREFIX, SEED, emit  # noqa: E402
+from common import RESULT_PREFIX, SEED, best_matmul_seconds, emit, gpt2  # noqa: E402
 
 #: dense bf16 peaks (FLOP/s) from the datasheets, by a substring of `torch.cuda.get_device_name()`;
 #: the first match wins (so "H100 PCIe" before the SXM "H100")
@@ -102,17 +102,7 @@ def measured_peak(device: str, quick: bool) -> dict[str, Any]:
     import torch
 
     n, dtype, reps = (1024, torch.float32, 5) if quick else (8192, torch.bfloat16, 20)
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    best = float("inf")
-    for i in range(reps + 2):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:  # the first calls pick and warm the kernel
-            best = min(best, time.perf_counter() - t)
+    best = best_matmul_seconds(n, dtype, reps, device, warmup=2)  # the first calls pick and warm the kernel
     return {"peak_measured_flops": 2 * n**3 / best, "peak_measured_what": f"{str(dtype)[6:]} matmul {n}^3, best of {reps}"}
 
 
@@ -136,7 +126,6 @@ def synthetic_records(tokenizer: Any, rows: int, seq: int, full_rows: bool) -> l
 def run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
     import transformers
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     from finetune_lib import Callback, FineTuner, Preprocessor
     from finetune_lib.testing import tiny_tokenizer
@@ -146,11 +135,7 @@ def run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"variant": variant, **measured_peak(device, quick)}
     tok = tiny_tokenizer(vocab_size=cfg["tokenizer_vocab"])
     tok.model_max_length = cfg["seq"]
-    config = GPT2Config(n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"], n_positions=cfg["seq"],
-                        vocab_size=cfg["vocab"], pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                        eos_token_id=tok.eos_token_id)
-    torch.manual_seed(SEED)
-    model = GPT2LMHeadModel(config)
+    model = gpt2(cfg["vocab"], cfg["n_layer"], cfg["n_embd"], cfg["n_head"], cfg["seq"], tok)
     n_params = counted_params(model)
     head_dim = cfg["n_embd"] // cfg["n_head"]
     records = synthetic_records(tok, cfg["batch"] * cfg["steps"], cfg["seq"], full_rows)

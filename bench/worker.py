@@ -9,29 +9,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import SEED, emit, lm_features, lm_records, set_threads  # noqa: E402
+from common import SEED, best_matmul_seconds, emit, gpt2, lm_features, lm_records, set_threads  # noqa: E402
 
 CAUSAL = {"layers": 6, "hidden": 256, "heads": 4, "vocab": 2000, "max_length": 128, "train": 1200, "quick_train": 100,
           "epochs": 1}
 EVAL = {"layers": 2, "hidden": 128, "heads": 2, "vocab": 30000, "max_length": 64}
-
-
-def gpt2(vocab: int, layers: int, hidden: int, heads: int, positions: int, tokenizer: Any) -> Any:
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(vocab_size=vocab, n_layer=layers, n_embd=hidden, n_head=heads, n_positions=positions,
-                     pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                     eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(SEED)
-    return GPT2LMHeadModel(cfg)
 
 
 def peak() -> dict[str, Any]:
@@ -44,14 +32,7 @@ def peak() -> dict[str, Any]:
     bf16_n, bf16_reps = (2048, 6) if native_bf16() else (512, 2)
     out: dict[str, Any] = {}
     for name, dtype, reps, n in (("fp32", torch.float32, 6, 2048), ("bf16", torch.bfloat16, bf16_reps, bf16_n)):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        torch.matmul(a, b)
-        best = float("inf")
-        for _ in range(reps):
-            t = time.perf_counter()
-            torch.matmul(a, b)
-            best = min(best, time.perf_counter() - t)
-        out[f"{name}_gflops"] = 2 * n**3 / best / 1e9
+        out[f"{name}_gflops"] = 2 * n**3 / best_matmul_seconds(n, dtype, reps) / 1e9
         out[f"{name}_size"] = n
     return out
 
