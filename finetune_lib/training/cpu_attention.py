@@ -68,7 +68,9 @@ def math_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         if attn_mask is not None:
             scores = (scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool
                       else scores + attn_mask)
-        probs = torch._safe_softmax(scores, -1)  # fully masked rows give zeros, as in torch's kernel
+        probs = torch.softmax(scores, -1)
+        if probs.isnan().any():  # fully masked rows (or NaN scores): torch's kernel gives such rows zeros
+            probs = torch._safe_softmax(scores, -1)  # identical elsewhere; the plain softmax is 2x faster
         probs = counter_dropout(probs, dropout_p)
         return torch.matmul(probs, v).to(out_dtype)
 

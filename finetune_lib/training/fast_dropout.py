@@ -5,7 +5,8 @@ one core (torch uses MKL's parallel generator only on Intel CPUs): about 0.85 ms
 activation on the benchmark machine (an AMD EPYC), 20 calls per MiniLM step, which made dropout 15% of
 a full fine-tuning step and a quarter of a step with the first 4 blocks frozen. Here the mask comes
 from SplitMix64 (Steele, Lea, Flood 2014: the output function over the counter sequence key + i *
-golden gamma), computed with vectorized tensor ops, 4 masks entries per 64-bit value, about 4x faster.
+golden gamma), 4 mask entries per 64-bit value, computed with numpy's vectorized integer ops (on these
+sizes twice as fast as the same ops in torch): about 0.18 ms per dropout of that size, mask included.
 
 The math is dropout's: each entry is kept with probability 1 - p and scaled by 1 / (keep
 probability), so its expected value is unchanged; the backward multiplies by the same mask and
@@ -25,32 +26,41 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .patching import patched_forwards
 
-_GAMMA = 0x9E3779B97F4A7C15 - (1 << 64)  # SplitMix64's constants as signed 64-bit integers
-_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
-_MIX2 = 0x94D049BB133111EB - (1 << 64)
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's constants
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
 _LEVELS = 1 << 16  # each mask entry compares 16 random bits
+
+
+def _splitmix64(count: int, key: int) -> np.ndarray:
+    """`count` SplitMix64 outputs for the counters key + i * gamma (i = 0, 1, ...), as uint64."""
+    z = np.arange(count, dtype=np.uint64)
+    z *= _GAMMA  # numpy's uint64 arithmetic wraps around, as SplitMix64's does
+    z += np.uint64(key % (1 << 64))
+    shifted = np.empty_like(z)
+    for shift, mix in zip(_SHIFTS, (_MIX1, _MIX2, None)):
+        np.right_shift(z, shift, out=shifted)
+        z ^= shifted
+        if mix is not None:
+            z *= mix
+    return z
 
 
 def random_bits16(count: int, key: int) -> torch.Tensor:
     """`count` uniformly random int16 values: SplitMix64 outputs for counters `key + i * gamma`,
-    viewed as 4 int16 each. The same (count, key) gives the same values, on any number of threads."""
-    z = torch.arange((count + 3) // 4, dtype=torch.int64)
-    z.mul_(_GAMMA).add_(key)
-    shifted = torch.empty_like(z)
-    for shift, mix in ((30, _MIX1), (27, _MIX2), (31, None)):
-        torch.bitwise_right_shift(z, shift, out=shifted)
-        shifted.bitwise_and_((1 << (64 - shift)) - 1)  # a logical shift: torch's is arithmetic
-        z.bitwise_xor_(shifted)
-        if mix is not None:
-            z.mul_(mix)
-    return z.view(torch.int16)[:count]
+    viewed as 4 int16 each. The same (count, key) gives the same values, on any number of threads.
+    Computed with numpy: on these sizes its integer ops are 2x faster than torch's on a CPU."""
+    return torch.from_numpy(_splitmix64((count + 3) // 4, key).view(np.int16)[:count])
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float,
@@ -65,11 +75,10 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float,
     if not 0 < kept <= _LEVELS:
         raise ValueError(f"dropout probability must be in [0, 1) with a keep probability of at least 1/65536, got {p!r}.")
     key = int(torch.randint(-(1 << 62), 1 << 62, (1,), generator=generator))
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
+    bits = _splitmix64((count + 3) // 4, key).view(np.int16)[:count]
     # the int16 values are uniform over [-32768, 32768): the lowest `kept` of them are kept
-    return random_bits16(count, key).lt(kept - _LEVELS // 2).view(shape), _LEVELS / kept
+    return torch.from_numpy(np.less(bits, kept - _LEVELS // 2)).view(shape), _LEVELS / kept
 
 
 class _MaskedScale(torch.autograd.Function):

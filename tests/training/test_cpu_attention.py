@@ -75,8 +75,16 @@ def _reference(q, k, v, p, mask, attn_mask=None, is_causal=False, low=None):
     return out * ((1 - p) * scale)
 
 
+def _masked_row(gen: torch.Generator) -> torch.Tensor:
+    """A boolean mask with fully masked query rows: torch's math kernel gives them zeros (safe softmax)."""
+    mask = torch.rand(3, 1, 7, 7, generator=gen) > 0.3
+    mask[0, 0, 2] = False
+    mask[2, 0, 6] = False
+    return mask
+
+
 @pytest.mark.filterwarnings("ignore:Dropout mask")
-@pytest.mark.parametrize("kind", ["none", "bool", "float", "causal"])
+@pytest.mark.parametrize("kind", ["none", "bool", "float", "causal", "masked_row"])
 @pytest.mark.parametrize("low", [None, torch.bfloat16])
 def test_math_attention_is_torchs_math_kernel_with_the_counter_mask(kind, low):
     from finetune_lib.training.cpu_attention import math_attention
@@ -85,7 +93,7 @@ def test_math_attention_is_torchs_math_kernel_with_the_counter_mask(kind, low):
     q, k, v = (torch.randn(3, 4, 7, 16, generator=gen, requires_grad=True) for _ in range(3))
     extra = {"bool": {"attn_mask": torch.rand(3, 1, 7, 7, generator=gen) > 0.3},
              "float": {"attn_mask": torch.randn(3, 1, 7, 7, generator=gen)},
-             "causal": {"is_causal": True}, "none": {}}[kind]
+             "causal": {"is_causal": True}, "none": {}, "masked_row": {"attn_mask": _masked_row(gen)}}[kind]
     torch.manual_seed(11)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low is not None):
         ours = math_attention(q, k, v, dropout_p=0.2, **extra)
@@ -105,6 +113,8 @@ def test_math_attention_is_torchs_math_kernel_with_the_counter_mask(kind, low):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=low is not None):
         undropped = torch.nn.functional.scaled_dot_product_attention(q, k, v, **extra)
     assert not torch.allclose(ours.float(), undropped.float(), **tol)  # dropout happened
+    if kind == "masked_row":
+        assert (ours[0, :, 2] == 0).all() and (ours[2, :, 6] == 0).all() and not ours.isnan().any()
 
 
 def test_math_attention_passes_other_calls_to_torch():

@@ -41,6 +41,27 @@ def test_bits_are_uniform_and_uncorrelated():
     assert abs(np.corrcoef(x, other)[0, 1]) < 0.01
 
 
+def _splitmix64_reference(key: int, i: int) -> int:
+    """SplitMix64's output for counter key + i * gamma, in Python integers (Steele, Lea, Flood 2014)."""
+    mask = (1 << 64) - 1
+    z = (key + i * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+@pytest.mark.parametrize("key", [0, 12345, -(1 << 62), (1 << 62) - 1])
+def test_bits_are_splitmix64_outputs(key):
+    count = 4 * 37 + 3  # not a multiple of 4: the last 64-bit value is cut
+    bits = random_bits16(count, key)
+    expected = []
+    for i in range((count + 3) // 4):
+        z = _splitmix64_reference(key % (1 << 64), i)
+        expected += [(z >> (16 * j)) & 0xFFFF for j in range(4)]  # little-endian int16 lanes
+    expected = [v - (1 << 16) if v >= 1 << 15 else v for v in expected[:count]]
+    assert bits.dtype == torch.int16 and bits.tolist() == expected
+
+
 def test_expected_value_and_gradient_are_dropouts():
     torch.manual_seed(0)
     x = torch.randn(64, 1024, requires_grad=True)
