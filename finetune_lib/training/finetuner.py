@@ -208,8 +208,8 @@ class FineTuner:
                     events.emit("before_optimizer_step", state)
                     if args.max_grad_norm:
                         # in the model's parameter order, whatever the optimizer's grouping
-                        grad_norm = clip_gradients([p for p in params if p.grad is not None],
-                                                   args.max_grad_norm, skip_when_within=self._host_reads_free)
+                        grad_norm = clip_gradients(params, args.max_grad_norm,
+                                                   skip_when_within=self._host_reads_free)
                     # 8. a NaN/inf loss stops (or skips) the step before the weights change; on CUDA
                     # the fused kernel skips it on the device, and the count is read at log steps
                     if guard is not None:
