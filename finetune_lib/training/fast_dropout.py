@@ -62,8 +62,7 @@ def _bits16(count: int, key: int) -> np.ndarray:
 
 def random_bits16(count: int, key: int) -> torch.Tensor:
     """`count` uniformly random int16 values: SplitMix64 outputs for counters `key + i * gamma`,
-    viewed as 4 int16 each. The same (count, key) gives the same values, on any number of threads.
-    Computed with numpy: on these sizes its integer ops are 2x faster than torch's on a CPU."""
+    viewed as 4 int16 each. The same (count, key) gives the same values, on any number of threads."""
     return torch.from_numpy(_bits16(count, key))
 
 
