@@ -2,7 +2,7 @@
 #   make demo   fine-tunes a real model on embedded data
 #   make test   runs the tests
 # Torch is installed first, pinned to the CPU build on this machine; override with
-#   make test TORCH="torch==2.5.1"   (or any pip requirement, e.g. a CUDA build's index URL in PIP_ARGS)
+#   make test TORCH="torch==2.10.0"   (2.10 or newer; or any pip requirement, e.g. a CUDA build's index URL in PIP_ARGS)
 
 PYTHON ?= python3
 TORCH ?= torch==2.13.0

@@ -31,8 +31,9 @@ from common import RESULT_PREFIX  # noqa: E402
 
 EVAL_N, EVAL_N_QUICK = 40, 8
 WORKLOADS: dict[str, list[str]] = {
-    "cls_full": ["ours", "trainer_default", "trainer_tuned", "hand", "ours_random"],
-    "cls_last2": ["ours", "ours_cache", "trainer_default"],
+    # ours: finetune_lib at its defaults; ours_speedups: the same with cpu_speedups=True (interleaved in one run)
+    "cls_full": ["ours", "ours_speedups", "trainer_default", "trainer_tuned", "hand", "ours_random"],
+    "cls_last2": ["ours", "ours_speedups", "ours_cache", "trainer_default"],
     "causal": ["ours", "ours_packed", "ours_random"],
     "eval": ["ours", "trainer"],
 }
@@ -105,7 +106,7 @@ def summarize_runs(runs: list[dict[str, Any]], peaks: dict[str, float]) -> dict[
     for name in ("accuracy", "f1", "eval_s", "perplexity", "token_accuracy", "peak_rss_mb", "rss_before_mb"):
         if name in ok[0]:
             out[name] = stats([r.get(name) for r in ok])
-    for name in ("precision", "optim", "sampling", "freezing", "trainable_params", "n", "target_tokens"):
+    for name in ("precision", "optim", "sampling", "freezing", "cpu_speedups", "trainable_params", "n", "target_tokens"):
         if name in ok[0]:
             out[name] = ok[0][name]
     out["load_avg"] = stats([r["load_before"] for r in ok])
@@ -132,6 +133,10 @@ def flat(summary: dict[str, Any]) -> dict[str, Any]:
         f["cls_full_vs_trainer_default"] = ratio(get("cls_full", "trainer_default", "train_s"), ours)
         f["cls_full_vs_trainer_tuned"] = ratio(get("cls_full", "trainer_tuned", "train_s"), ours)
         f["cls_full_vs_hand_loop"] = ratio(get("cls_full", "hand", "train_s"), ours)
+        speedups = get("cls_full", "ours_speedups", "train_s")
+        f["cls_full_speedups_vs_trainer_default"] = ratio(get("cls_full", "trainer_default", "train_s"), speedups)
+        f["cls_full_speedups_vs_defaults"] = ratio(ours, speedups)  # what cpu_speedups=True adds
+        f["cls_full_speedups_accuracy"] = get("cls_full", "ours_speedups", "accuracy")
         f["cls_full_wall_vs_trainer_default"] = ratio(get("cls_full", "trainer_default", "wall_s"),
                                                       get("cls_full", "ours", "wall_s"))
         f["cls_full_accuracy"] = get("cls_full", "ours", "accuracy")
@@ -147,6 +152,10 @@ def flat(summary: dict[str, Any]) -> dict[str, Any]:
         f["cls_last2_epoch2plus_vs_trainer"] = ratio(get("cls_last2", "trainer_default", "epoch2plus_s"),
                                                      get("cls_last2", "ours", "epoch2plus_s"))
         f["cls_last2_accuracy"] = get("cls_last2", "ours", "accuracy")
+        f["cls_last2_speedups_epoch2plus_vs_trainer"] = ratio(get("cls_last2", "trainer_default", "epoch2plus_s"),
+                                                              get("cls_last2", "ours_speedups", "epoch2plus_s"))
+        f["cls_last2_speedups_epoch2plus_vs_defaults"] = ratio(get("cls_last2", "ours", "epoch2plus_s"),
+                                                               get("cls_last2", "ours_speedups", "epoch2plus_s"))
         f["cls_last2_cache_epoch2plus_vs_trainer"] = ratio(get("cls_last2", "trainer_default", "epoch2plus_s"),
                                                            get("cls_last2", "ours_cache", "epoch2plus_s"))
         f["cls_last2_cache_accuracy"] = get("cls_last2", "ours_cache", "accuracy")

@@ -1,4 +1,5 @@
-"""finetune_lib at its defaults (the settings every runner shares are passed explicitly)."""
+"""finetune_lib at its defaults (the settings every runner shares are passed explicitly); the runner
+`ours_speedups` adds `cpu_speedups=True` (the opt-in CPU techniques of `finetune_lib.speedups`)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def classification(cfg: dict[str, Any]) -> dict[str, Any]:
     tuner = FineTuner(model, "classification", preprocessor=Preprocessor(max_length=MAX_LENGTH), freezer=freezer,
                       epochs=epochs, batch_size=BATCH, learning_rate=LR, precision="auto", seed=SEED,
                       group_by_length=cfg["runner"] != "ours_random", log_every=LOSS_K, progress=False,
-                      callbacks=[meter])
+                      callbacks=[meter], cpu_speedups=cfg["runner"] == "ours_speedups")
     history = tuner.fit(train)
     wall = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -91,7 +92,7 @@ def classification(cfg: dict[str, Any]) -> dict[str, Any]:
         "padded_tokens": meter.padded_tokens, "flops_per_token": meter.flops,
         "loss_first_k": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "accuracy": metrics.get("accuracy"), "f1": metrics.get("f1"),
-        "precision": tuner.precision.name, "freezing": freeze_how,
+        "precision": tuner.precision.name, "freezing": freeze_how, "cpu_speedups": tuner.args.cpu_speedups,
         "trainable_params": sum(p.numel() for p in tuner.model.parameters() if p.requires_grad),
     }
 

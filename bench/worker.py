@@ -91,6 +91,7 @@ def main() -> None:
         res = peak()
     elif workload in ("cls_full", "cls_last2"):
         module = {"ours": "runner_ours", "ours_random": "runner_ours", "ours_cache": "runner_ours",
+                  "ours_speedups": "runner_ours",
                   "trainer_default": "runner_trainer",
                   "trainer_tuned": "runner_trainer", "hand": "runner_hand"}[runner]
         res = __import__(module).classification(cfg)

@@ -24,8 +24,8 @@ _EXPORTS = {
     "Regularizer": "finetune_lib.regularizers.base",
     "FineTuner": "finetune_lib.training.finetuner",
     "TrainingArgs": "finetune_lib.training.finetuner",
-    "Callback": "finetune_lib.training.events",
-    "TrainState": "finetune_lib.training.events",
+    "Callback": "finetune_lib.events",
+    "TrainState": "finetune_lib.events",
     "MetricSuite": "finetune_lib.metrics.suite",
     "Metric": "finetune_lib.metrics.base",
 }
@@ -39,11 +39,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data.builder import DatasetBuilder, Splits
     from .data.preprocessor import Preprocessor
     from .data.records import Records
+    from .events import Callback, TrainState
     from .freezing import LayerFreezer
     from .metrics.base import Metric
     from .metrics.suite import MetricSuite
     from .regularizers.base import Regularizer
-    from .training.events import Callback, TrainState
     from .training.finetuner import FineTuner, TrainingArgs
 
 

@@ -117,7 +117,7 @@ def run_train(config: Mapping[str, Any]) -> dict[str, Any]:
     validate_config(config, "train")
     parts = build_components(config)
     splits = _load_splits(config, split=True)
-    log = logging.getLogger("finetune_lib")
+    log = logging.getLogger(__name__)
     log.info("data: %s", splits)
     evaluate_on = config.get("evaluate_on") or ("test" if len(splits.test) else "validation")
     if evaluate_on != "none" and not len(splits[evaluate_on]):

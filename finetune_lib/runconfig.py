@@ -174,8 +174,11 @@ def data_args(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_training(training: Mapping[str, Any]) -> None:
-    from .training.args import TrainingArgs
+    from .training.args import REMOVED_SETTINGS, TrainingArgs
 
+    moved = [f"{k}: {REMOVED_SETTINGS[k]}" for k in training if k in REMOVED_SETTINGS]
+    if moved:
+        raise ConfigError("training: key(s) no longer taken (see CHANGELOG.md):\n  " + "\n  ".join(moved))
     fields = list(TrainingArgs.__dataclass_fields__)
     check_keys(training, fields + list(TUNER_OPTIONS), "training")
     args = TrainingArgs(**{k: v for k, v in training.items() if k in fields})

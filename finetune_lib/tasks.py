@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 IGNORE_INDEX = -100
-log = logging.getLogger("finetune_lib")
+log = logging.getLogger(__name__)
 
 
 @dataclass

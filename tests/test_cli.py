@@ -114,6 +114,8 @@ def test_unknown_key_fails_before_loading(assets, tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     ("freezer: {train_lats: 2}\n", "unknown key(s) 'train_lats' in freezer"),
     ("training: {epoch: 1}\n", "unknown key(s) 'epoch' in training"),
+    ("training: {weight_decay: 0.01}\n", "WeightDecay(0.01)"),
+    ("training: {cpu_memory_reuse: false}\n", "cpu_speedups=True"),
     ("regularizers: [Nope]\n", "unknown regularizer 'Nope'"),
     ("metrics: [{f1: {avg: macro}}]\n", "unknown key(s) 'avg' in metric F1"),
     ("split: {valid: 0.1}\n", "unknown key(s) 'valid' in split"),

@@ -30,7 +30,7 @@ from finetune_lib.reporting import plot_confusion_matrix, plot_history, write_mo
 
 results = tuner.evaluate(splits.test, confidence=0.95)        # f1, f1_low, f1_high, ...
 matrix = tuner.metrics.last_artifacts["confusion_matrix"]     # of the split just evaluated
-plot_history(tuner.history, "runs/logging/curves.png")
+plot_history(tuner, "runs/logging/curves.png")                 # the step of the saved weights marked
 plot_confusion_matrix(matrix, tuner.preprocessor.label_names, "runs/logging/confusion_matrix.png")
 figures = {"Loss and metrics": "runs/logging/curves.png", "Confusion matrix": "runs/logging/confusion_matrix.png"}
 write_report(tuner, results, "runs/logging/report.md", figures=figures, confidence=0.95,

@@ -23,7 +23,7 @@ from .loaders import DataError, read_file, table_from_dataframe, table_from_hf, 
 from .records import Records, build_records
 from .report import DataReport, build_report
 
-logger = logging.getLogger("finetune_lib.data")
+logger = logging.getLogger(__name__)
 
 __all__ = ["DatasetBuilder", "Splits"]
 
@@ -162,7 +162,18 @@ class DatasetBuilder:
     def from_hf(cls, dataset: Any, text: Column = None, label: Column = None, prompt: Column = None,
                 target: Column = None, group: Column = None, name: str | None = None,
                 strict: bool = False) -> DatasetBuilder:
-        """Load a Hugging Face ``datasets.Dataset`` (one split; ``datasets`` itself is not imported)."""
+        """Load a Hugging Face ``datasets.Dataset`` (one split; ``datasets`` itself is not imported).
+
+        Columns map as in :meth:`from_file`. ``ClassLabel`` columns (and ``Sequence(ClassLabel)``) come
+        in as their names, not their ids, so the trained model predicts names; rows labeled -1
+        (``datasets``' "no label") count as empty labels. Label ids then follow the names' sorted
+        order; to keep the data set's own order pass its names to the Preprocessor.
+
+        Example:
+            >>> ds = datasets.load_dataset("imdb", split="train")                      # doctest: +SKIP
+            >>> b = DatasetBuilder.from_hf(ds)                 # labels "neg" / "pos"  # doctest: +SKIP
+            >>> pre = Preprocessor(labels=ds.features["label"].names)  # id order of the data set  # doctest: +SKIP
+        """
         info = getattr(dataset, "info", None)
         name = name or getattr(info, "dataset_name", None) or "hf_dataset"
         mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group}

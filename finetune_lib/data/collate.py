@@ -18,17 +18,13 @@ IGNORE_INDEX = -100
 
 
 def collate(features: Sequence[dict[str, list[int]]], pad_token_id: int, pad_to_multiple_of: int | None = None,
-            padding_side: str = "right", packed_mask_dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Pad a list of features (dicts of int lists) to the longest in the batch (packed rows get their
-    block-diagonal mask in `packed_mask_dtype`, see `finetune_lib.data.packing`).
+            padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad a list of features (dicts of int lists) to the longest in the batch (packed rows go through
+    `finetune_lib.data.packing.collate_packed`, which adds their block-diagonal mask).
 
     `input_ids` are padded with `pad_token_id`, `attention_mask` with 0, `labels` with -100 when
     they are sequences (a scalar label per example stays a 1-d tensor), `position_ids` with 0.
     """
-    if "seq_lengths" in features[0]:  # packed rows: block-diagonal causal mask (finetune_lib.data.packing)
-        from .packing import collate_packed
-
-        return collate_packed(features, pad_token_id, pad_to_multiple_of, padding_side, packed_mask_dtype)
     keys = features[0].keys()
     lengths = [len(f["input_ids"]) for f in features]
     width = max(lengths)

@@ -16,25 +16,22 @@ import io
 import json
 import logging
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger("finetune_lib.data")
+from .records import STANDARD_KEYS
+from .values import DataError, is_number
 
-__all__ = ["DataError", "Drops", "RawTable", "FORMATS", "detect_format", "read_file", "read_text",
+logger = logging.getLogger(__name__)
+
+__all__ = ["DataError", "Drops", "RawTable", "FORMATS", "class_label_names", "detect_format", "read_file", "read_text",
            "table_from_dataframe", "table_from_hf", "table_from_records"]
 
 FORMATS = ("jsonl", "json", "csv", "tsv", "txt", "parquet")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
                ".tab": "tsv", ".txt": "txt", ".text": "txt", ".parquet": "parquet", ".pq": "parquet"}
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
-
-
-class DataError(ValueError):
-    """A data file or record that cannot be used as it is; the message says where and how to fix it."""
 
 
 class Drops:
@@ -213,18 +210,12 @@ def _read_blocks(lines: list[str], src: str) -> RawTable:
     return table
 
 
-def _is_number(value: str) -> bool:
-    return bool(_NUMBER.match(value.strip()))
-
-
 def _looks_like_header(first: list[str], rest: list[list[str]], default: bool) -> bool:
-    from .records import STANDARD_KEYS
-
     if any(v.strip().lower() in STANDARD_KEYS for v in first):
         return True
     sample = [r for r in rest[:200] if len(r) == len(first)]
-    numeric = [j for j in range(len(first)) if sample and all(_is_number(r[j]) for r in sample)]
-    if any(not _is_number(first[j]) for j in numeric):
+    numeric = [j for j in range(len(first)) if sample and all(is_number(r[j]) for r in sample)]
+    if any(not is_number(first[j]) for j in numeric):
         return True  # a numeric column whose first value is a word: a header
     return False if numeric else default
 
@@ -285,7 +276,7 @@ def _read_jsonl(text: str, src: str) -> RawTable:
         if not isinstance(obj, dict):
             raise DataError(f"{src}:{i}: expected a JSON object, got {type(obj).__name__}")
         columns.update(dict.fromkeys(obj))
-        table.rows.append(obj)
+        table.rows.append({k: plain(v) for k, v in obj.items()})  # a bare NaN is missing, as in .json files
         table.locations.append(f"{src}:{i}")
     table.columns = list(columns)
     return table
@@ -352,13 +343,81 @@ def table_from_dataframe(df: Any, source: str = "DataFrame") -> RawTable:
     return table
 
 
+def _is_class_label(feature: Any) -> bool:
+    return hasattr(feature, "int2str") and isinstance(getattr(feature, "names", None), list)
+
+
+def _label_decoder(feature: Any) -> Any:
+    """A function that turns a column's stored class ids into their names, or None when the column holds
+    no ``ClassLabel``: a ``ClassLabel``, a list of them (``Sequence``/``List``/``LargeList``), or a struct
+    (dict) with such fields. The id -1 (``datasets``' "no label") becomes None."""
+    if _is_class_label(feature):
+        names = list(feature.names)
+
+        def name(value: Any) -> Any:
+            if isinstance(value, bool) or not isinstance(value, int):
+                return value
+            if value == -1:
+                return None
+            return names[value] if 0 <= value < len(names) else value
+
+        return name
+    if isinstance(feature, dict):
+        fields = {key: _label_decoder(sub) for key, sub in feature.items()}
+        fields = {key: f for key, f in fields.items() if f is not None}
+        if not fields:
+            return None
+        return lambda value: ({k: fields[k](v) if k in fields else v for k, v in value.items()}
+                              if isinstance(value, dict) else value)
+    inner = getattr(feature, "feature", None)
+    if inner is None or feature is inner:
+        return None
+    decode = _label_decoder(inner)
+    if decode is None:
+        return None
+
+    def each(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [decode(v) for v in value]
+        if isinstance(value, dict) and isinstance(inner, dict):  # datasets < 4: a Sequence of a struct
+            fields = {k: _label_decoder(sub) for k, sub in inner.items()}  # is read as a struct of lists
+            return {k: [fields[k](x) for x in v] if fields.get(k) and isinstance(v, list) else v
+                    for k, v in value.items()}
+        return value
+
+    return each
+
+
+def class_label_names(dataset: Any) -> dict[str, list[str]]:
+    """``{column: names}`` for the ``ClassLabel`` columns of a ``datasets.Dataset`` (also inside a
+    ``Sequence``/``List``), in id order; empty without ``features``."""
+    out: dict[str, list[str]] = {}
+    for column, feature in (getattr(dataset, "features", None) or {}).items():
+        while not _is_class_label(feature) and getattr(feature, "feature", None) is not None:
+            feature = feature.feature
+        if _is_class_label(feature):
+            out[column] = list(feature.names)
+    return out
+
+
 def table_from_hf(dataset: Any, source: str = "datasets.Dataset") -> RawTable:
-    """A table from a Hugging Face ``datasets.Dataset`` (duck-typed: ``column_names`` + iteration)."""
+    """A table from a Hugging Face ``datasets.Dataset`` (duck-typed: ``column_names`` + iteration).
+
+    Columns typed ``ClassLabel`` (and lists of them, ``Sequence(ClassLabel)``) hold class ids in the
+    Arrow table; they are read as their names (``"positive"``, not ``1``), so a model trained on them
+    predicts names. The id -1 (``datasets``' "no label", e.g. unlabeled test splits) reads as empty, and
+    such rows are dropped and counted like other empty labels.
+    """
     names = getattr(dataset, "column_names", None)
     if isinstance(names, dict):
         raise TypeError(f"got a DatasetDict with splits {list(names)}; pass one split, e.g. dataset['train']")
     if names is None:
         raise TypeError(f"expected a datasets.Dataset (with column_names), got {type(dataset).__name__}")
-    table = table_from_records(iter(dataset), source, location="row {}")
+    features = getattr(dataset, "features", None) or {}
+    decoders = {column: d for column, d in ((c, _label_decoder(f)) for c, f in features.items()) if d is not None}
+    rows = iter(dataset)
+    if decoders:
+        rows = ({k: decoders[k](v) if k in decoders else v for k, v in row.items()} for row in rows)
+    table = table_from_records(rows, source, location="row {}")
     table.columns = list(names)
     return table

@@ -51,13 +51,16 @@ from typing import Any
 
 import torch
 
+from ..speedups.attention import NAME as SPEEDUP_ATTENTION
 from .collate import IGNORE_INDEX, collate
 
 #: keys of a packed feature that describe the packing and are not model inputs
 META_KEYS = ("seq_lengths", "example_ids")
 
-#: attention implementations that honour a 4-D additive mask
-SUPPORTED_ATTENTION = ("eager", "sdpa")
+#: attention implementations that take sdpa's boolean 4-D mask (cpu_speedups' attention is sdpa's, with its dropout)
+SDPA_LIKE = ("sdpa", SPEEDUP_ATTENTION)
+#: attention implementations that honour a 4-D mask
+SUPPORTED_ATTENTION = ("eager", *SDPA_LIKE)
 
 
 def plan_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -176,7 +179,7 @@ def packed_mask_dtype(model: Any) -> torch.dtype:
     sdpa, additive float32 for eager attention (which adds the mask to its scores)."""
     check_packing_support(model)
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    return torch.bool if impl == "sdpa" else torch.float32
+    return torch.bool if impl in SDPA_LIKE else torch.float32
 
 
 def packing_efficiency(rows: Sequence[dict[str, Any]], pack_length: int) -> float:

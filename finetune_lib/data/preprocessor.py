@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from .collate import IGNORE_INDEX, collate
+from .packing import collate_packed
 
-log = logging.getLogger("finetune_lib.data")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -344,7 +345,9 @@ class Preprocessor:
 
     def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Pad features to the longest in the batch (dynamic padding)."""
-        return collate(features, pad_token_id=int(self.tokenizer.pad_token_id), packed_mask_dtype=self.packed_mask_dtype)
+        if "seq_lengths" in features[0]:  # packed rows: block-diagonal causal mask (finetune_lib.data.packing)
+            return collate_packed(features, int(self.tokenizer.pad_token_id), mask_dtype=self.packed_mask_dtype)
+        return collate(features, pad_token_id=int(self.tokenizer.pad_token_id))
 
     @staticmethod
     def length(feature: Mapping[str, Any]) -> int:

@@ -15,13 +15,16 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, SupportsIndex, overload
 
+from .values import DataError, is_number
+
 __all__ = ["Records", "STANDARD_KEYS", "build_records", "record_key", "record_text"]
 
-logger = logging.getLogger("finetune_lib.data")
+logger = logging.getLogger(__name__)
 
 STANDARD_KEYS: tuple[str, ...] = ("text", "label", "prompt", "target", "group")
 
@@ -142,7 +145,6 @@ class Records(list):  # type: ignore[type-arg]
 
 def _resolve_mapping(table: Any, mapping: Mapping[str, Any]) -> dict[str, Any]:
     """Which source column feeds each standard key; raises when a named column is missing."""
-    from .loaders import DataError
 
     columns = list(table.columns)
     given = {k: v for k, v in mapping.items() if v is not None}
@@ -172,12 +174,15 @@ def _resolve_mapping(table: Any, mapping: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _as_text(value: Any, where: str, column: Any) -> str | None:
-    from .loaders import DataError
 
     if value is None:
         return None
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and math.isnan(value):  # a bare NaN in JSONL: missing, as pandas' NaN is
+        return None
+    if isinstance(value, float) and math.isinf(value):
+        raise DataError(f"{where}: column {column!r} holds {value!r}, not a text; fix or drop this row")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise DataError(f"{where}: column {column!r} holds a {type(value).__name__} ({value!r:.60}), expected text")
@@ -194,7 +199,6 @@ def _label_kind(value: Any) -> str:
 def _normalize_labels(records: list[dict[str, Any]], where: list[str], typed: bool, source: str,
                       column: Any) -> None:
     """Give all labels one type (numeric strings from CSV become numbers) or raise naming examples."""
-    from .loaders import DataError, _is_number
 
     if not records:
         return
@@ -205,10 +209,10 @@ def _normalize_labels(records: list[dict[str, Any]], where: list[str], typed: bo
                             "one int or string (multi-label data is not supported)")
     if not typed:
         labels = [v.strip() if isinstance(v, str) else v for v in labels]
-        if all(isinstance(v, str) and _is_number(v) for v in labels):
+        if all(isinstance(v, str) and is_number(v) for v in labels):
             numbers = [float(v) for v in labels]
             labels = [int(x) for x in numbers] if all(x.is_integer() for x in numbers) else numbers
-        kinds = ["number" if isinstance(v, str) and _is_number(v) else "text" for v in labels]
+        kinds = ["number" if isinstance(v, str) and is_number(v) else "text" for v in labels]
     else:
         kinds = [_label_kind(v) for v in labels]
         if set(kinds) == {"int"}:
@@ -233,7 +237,6 @@ def build_records(table: Any, mapping: Mapping[str, Any], *, name: str, strict: 
     (or raise a ``DataError`` naming the row and column when ``strict``). Other columns are kept
     (positional ones as ``column_<i>``).
     """
-    from .loaders import DataError
 
     resolved = _resolve_mapping(table, mapping)
     used = set(resolved.values())

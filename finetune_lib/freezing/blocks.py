@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..training.optim import is_norm_module
+from ..modeling import is_norm_module
 
 __all__ = ["Block", "ModelParts", "BlockDiscoveryError", "find_parts", "module_tree", "compile_patterns"]
 

@@ -53,7 +53,7 @@ from .blocks import ModelParts
 
 __all__ = ["PrefixCache", "cacheable_prefix"]
 
-logger = logging.getLogger("finetune_lib")
+logger = logging.getLogger(__name__)
 
 _OFF, _STORE, _REPLAY = 0, 1, 2
 

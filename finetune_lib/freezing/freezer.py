@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from ..training.events import Callback, TrainState
+from ..events import Callback, TrainState
 from .blocks import ModelParts, compile_patterns, find_parts
 from .cache import PrefixCache
 from .nograd import NoGradPrefix
@@ -31,7 +31,7 @@ from .summary import FreezeSummary, build_summary
 
 __all__ = ["freeze", "LayerFreezer", "trainable_selection", "layerwise_lr_scales"]
 
-logger = logging.getLogger("finetune_lib")
+logger = logging.getLogger(__name__)
 
 UNFREEZE_UNITS = ("steps", "epochs")
 
@@ -168,7 +168,7 @@ class LayerFreezer(Callback):
     block every K steps or epochs (top-down) and scale learning rates layer by layer.
 
     Used by `FineTuner` (which calls `apply`, builds the optimizer with `lr_scale`, registers the freezer
-    as a callback, and on resume calls `bind(tuner)`, `apply(model)` then `load_state_dict(...)` before
+    as a callback, and on resume calls `bind(state)`, `apply(model)` then `load_state_dict(...)` before
     restoring the optimizer), or on its own: `LayerFreezer(train_last=2).apply(model)`.
 
     Args:
@@ -301,7 +301,8 @@ class LayerFreezer(Callback):
 
     def bind(self, tuner: Any) -> LayerFreezer:
         """Remember the object whose `add_trainable_parameters(names)` receives unfrozen parameters when
-        `load_state_dict` replays gradual unfreezing on resume (the FineTuner). Returns self."""
+        `load_state_dict` replays gradual unfreezing on resume (`FineTuner` binds the run's `TrainState`).
+        Returns self."""
         self._tuner = tuner
         return self
 
@@ -329,7 +330,8 @@ class LayerFreezer(Callback):
 
     def unfreeze_next(self, tuner: Any = None) -> list[str]:
         """Unfreeze the next block (top-down) now; return the names of the parameters made trainable.
-        If `tuner` (or the bound tuner) is given, its `add_trainable_parameters(names)` is called."""
+        If `tuner` (or the bound object; a `TrainState` during `fit`) is given, its
+        `add_trainable_parameters(names)` is called."""
         self._require_applied()
         if not self._queue:
             return []
@@ -360,7 +362,7 @@ class LayerFreezer(Callback):
         if self.unfreeze_every is None or self.parts is None:
             return
         while self._queue and len(self._unfrozen) < self._due(count):
-            self.unfreeze_next(state.tuner)
+            self.unfreeze_next(state)
 
     def on_optimizer_step(self, state: TrainState) -> None:
         if self.unfreeze_unit == "steps":
@@ -405,7 +407,7 @@ class LayerFreezer(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Replay gradual unfreezing: unfreeze the same blocks in the same order and hand each block's
         parameters to the bound tuner's `add_trainable_parameters`, as during the run, so the optimizer's
-        parameter groups match the checkpoint. Call `bind(tuner)` and `apply(model)` first."""
+        parameter groups match the checkpoint. Call `bind(state)` and `apply(model)` first."""
         self._require_applied()
         wanted = [int(i) for i in state.get("unfrozen_blocks", [])]
         if wanted[: len(self._unfrozen)] != self._unfrozen:
@@ -419,7 +421,8 @@ class LayerFreezer(Callback):
         todo = len(wanted) - len(self._unfrozen)
         if todo and self._tuner is None:
             raise RuntimeError("LayerFreezer.load_state_dict must re-add unfrozen parameters to the optimizer: "
-                               "call freezer.bind(tuner) first (an object with add_trainable_parameters(names)).")
+                               "call freezer.bind(state) first (an object with add_trainable_parameters(names), such as the "
+                               "run's TrainState).")
         for _ in range(todo):
             self.unfreeze_next(self._tuner)
 

@@ -64,6 +64,9 @@ class Metric:
       ``"classes"`` -> ``update(preds, target)`` with class ids,
       ``"logits"`` -> ``update(logits, target)`` with logits ``[B, T, V]`` (``[B, C]`` for
       classification) and aligned targets, ``"text"`` -> ``update(hypotheses, references)``;
+    * optionally set `tasks`, the tasks whose inputs the metric can read (None: every task that
+      gives its `input`; "text" metrics need a task that generates), so that a `FineTuner` refuses
+      the metric before training rather than at the first evaluation;
     * register every piece of state in `__init__` with `add_state()`; the state must stay small
       (counts, sums), except text, which may be kept in a list state with ``reduce="cat"``;
     * `compute()` returns a float (a non-scalar value, like a confusion matrix, is allowed: the
@@ -100,6 +103,7 @@ class Metric:
 
     name: str = "metric"
     input: str = "classes"
+    tasks: tuple[str, ...] | None = None  # the tasks it can run on; None: every task that gives its input
     higher_is_better: bool = True
     scalar: bool = True  # False when compute() returns a non-scalar (no confidence interval then)
     _updates: torch.Tensor  # number of update() calls since the last reset() (a "sum" state)

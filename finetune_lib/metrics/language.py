@@ -71,6 +71,7 @@ class Perplexity(Metric):
 
     name = "perplexity"
     input = "logits"
+    tasks = ("causal_lm", "seq2seq")  # token logits [B, T, V]
     higher_is_better = False
     nll_sum: torch.Tensor
     tokens: torch.Tensor
@@ -125,6 +126,7 @@ class TokenAccuracy(Metric):
 
     name = "token_accuracy"
     input = "logits"
+    tasks = ("causal_lm", "seq2seq")  # token logits [B, T, V]
     correct: torch.Tensor
     total: torch.Tensor
 

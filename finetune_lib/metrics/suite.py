@@ -20,6 +20,12 @@ from .routing import Slices, SliceSpec, feed, route
 from .state import all_gather_objects, is_distributed
 
 TASKS = ("classification", "causal_lm", "seq2seq")
+GENERATING_TASKS = ("causal_lm", "seq2seq")  # the tasks whose evaluation generates text
+SUGGESTED = {
+    "classification": "Accuracy(), F1(average='macro'), Precision(), Recall(), ConfusionMatrix()",
+    "causal_lm": "Perplexity(), TokenAccuracy(), BLEU(), ChrF(), ExactMatch(), RougeL()",
+    "seq2seq": "Perplexity(), TokenAccuracy(), BLEU(), ChrF(), ExactMatch(), RougeL()",
+}
 
 
 @dataclass
@@ -105,6 +111,21 @@ class MetricSuite:
     def needs_text(self) -> bool:
         """True when some metric consumes generated text (then `run` needs `generate`)."""
         return any(m.input == "text" for m in self.metrics)
+
+    def check_task(self, task: str) -> None:
+        """Raise a `ValueError` when a metric cannot run on `task`, before any training.
+
+        "text" metrics (BLEU, chrF, ...) need a task that generates text (causal_lm, seq2seq); a
+        metric with `tasks` set runs on those only (Perplexity and TokenAccuracy read token logits,
+        which classification does not give). The name "loss" is the evaluation loss's key.
+
+        Example:
+            >>> from finetune_lib.metrics import BLEU, MetricSuite
+            >>> MetricSuite([BLEU()]).check_task("classification")
+            Traceback (most recent call last):
+            ValueError: Metrics that cannot run on task 'classification': BLEU ('bleu') scores generated text...
+        """
+        check_metrics_for_task(self.metrics, task)
 
     def clone(self) -> MetricSuite:
         """A suite of fresh copies of the metrics (same settings, empty states)."""
@@ -265,3 +286,40 @@ class MetricSuite:
 
     def __repr__(self) -> str:
         return f"MetricSuite({self.metrics!r})"
+
+
+def check_metrics_for_task(metrics: Sequence[Metric], task: str) -> None:
+    """`MetricSuite.check_task` for a plain sequence of metrics."""
+    problems = []
+    for m in metrics:
+        if m.input == "text" and task not in GENERATING_TASKS:
+            problems.append(f"{type(m).__name__} ({m.name!r}) scores generated text, and the {task!r} task "
+                            f"generates none (only {' and '.join(GENERATING_TASKS)} do)")
+        elif m.tasks is not None and task not in m.tasks:
+            problems.append(f"{type(m).__name__} ({m.name!r}) runs on {' and '.join(m.tasks)} only")
+    if problems:
+        fit = f" For {task!r}, use e.g. {SUGGESTED[task]}." if task in SUGGESTED else ""
+        raise ValueError(f"Metrics that cannot run on task {task!r}: {'; '.join(problems)}. Remove them from the "
+                         f"MetricSuite, or choose the task they are made for.{fit}")
+    if any(m.name == "loss" for m in metrics):
+        raise ValueError("A metric is named 'loss', which is the key of the evaluation loss FineTuner reports. "
+                         "Give it another name, e.g. MyMetric(name='my_loss').")
+
+
+def suite_for_task(metrics: Any, task: str) -> Any:
+    """`FineTuner(metrics=...)` made ready for `task` and checked against it before any step.
+
+    None gives the task's default suite; a `Metric` or a list of them is wrapped in a `MetricSuite`;
+    a suite (or an object with `run()` and `metrics`) is checked with `check_metrics_for_task`.
+    """
+    if metrics is None:
+        return MetricSuite.default(task)
+    if isinstance(metrics, Metric):
+        metrics = [metrics]
+    if isinstance(metrics, (list, tuple)):
+        metrics = MetricSuite(metrics)
+    if not callable(getattr(metrics, "run", None)):
+        raise TypeError(f"metrics must be a MetricSuite, e.g. MetricSuite([Accuracy(), F1(average='macro')]); got "
+                        f"{type(metrics).__name__}.")
+    check_metrics_for_task(list(getattr(metrics, "metrics", [])), task)
+    return metrics

@@ -31,7 +31,7 @@ import re
 
 import torch
 
-from ..training.events import Callback, TrainState
+from ..events import Callback, TrainState
 
 __all__ = ["Regularizer", "micro_batch_share"]
 
@@ -61,6 +61,11 @@ class Regularizer(Callback):
             return
         state.loss = value if state.loss is None else state.loss + value
         state.penalties[self.name] = value.detach()
+
+    def describe(self) -> str:
+        """A short readable description for the model card and the report, e.g. "weight decay 0.01".
+        Default: the repr. Override it in your own regularizers."""
+        return repr(self)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

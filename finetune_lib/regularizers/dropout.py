@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..training.events import TrainState
+from ..events import TrainState
 from .base import Regularizer
 
 __all__ = ["Dropout", "DropoutReport", "set_dropout"]
@@ -136,6 +136,14 @@ class Dropout(Regularizer):
                 raise ValueError(f"Dropout {label} must be in [0, 1), got {value!r}.")
         self.p, self.attention, self.classifier = float(p), attention, classifier
         self.report: DropoutReport | None = None
+
+    def describe(self) -> str:
+        """E.g. "dropout 0.1 (attention 0, classifier 0.1)"."""
+        attention = self.p if self.attention is None else float(self.attention)
+        classifier = self.p if self.classifier is None else float(self.classifier)
+        if attention == classifier == self.p:
+            return f"dropout {self.p:g} (hidden, attention and classifier)"
+        return f"dropout {self.p:g} (attention {attention:g}, classifier {classifier:g})"
 
     def on_setup(self, state: TrainState) -> None:
         self.report = set_dropout(state.model, self.p, self.attention, self.classifier)

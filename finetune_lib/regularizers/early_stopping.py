@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 
-from ..training.events import TrainState
+from ..events import TrainState
 from .base import Regularizer
 
 __all__ = ["EarlyStopping", "infer_mode"]
 
-logger = logging.getLogger("finetune_lib")
+logger = logging.getLogger(__name__)
 
 _LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "wer", "cer")
 
@@ -37,6 +37,13 @@ class EarlyStopping(Regularizer):
     Its `state_dict` holds the counters and, with `restore_best`, the best weights as tensors under
     "weights/<name>" keys, so a resumed run restores the same best model.
 
+    Attributes (what happened, read by the model card and the report):
+        best: the best value of `monitor` so far; `best_step` the step of that evaluation.
+        stopped_step: the step at which early stopping ended training before its planned end; None
+            when it did not (patience running out at the last planned step ends nothing).
+        restored_step: the step whose weights `on_fit_end` loaded back into the model (the best
+            evaluation's); None when nothing was restored, so the model keeps its last weights.
+
     Example:
         >>> FineTuner(..., regularizers=[EarlyStopping(monitor="validation/f1", patience=2)])
     """
@@ -56,7 +63,16 @@ class EarlyStopping(Regularizer):
         self.best_step: int | None = None
         self.wait = 0
         self.stopped_step: int | None = None
+        self.restored_step: int | None = None
         self._best_weights: dict[str, torch.Tensor] | None = None
+
+    def describe(self) -> str:
+        """E.g. "early stopping on validation/f1 (higher is better), patience 2, best weights restored"."""
+        text = f"early stopping on {self.monitor} ({'lower' if self.mode == 'min' else 'higher'} is better), " \
+               f"patience {self.patience}"
+        if self.min_delta:
+            text += f", min_delta {self.min_delta:g}"
+        return text + (", best weights restored" if self.restore_best else ", last weights kept")
 
     def improved(self, value: float) -> bool:
         """Whether `value` beats the best so far by more than `min_delta`."""
@@ -85,13 +101,19 @@ class EarlyStopping(Regularizer):
         self.wait += 1
         if self.wait >= self.patience:
             state.should_stop = True
-            self.stopped_step = state.step
+            planned = getattr(state, "max_steps", 0)
+            if not planned or state.step < planned:  # at the last planned step, training ends anyway
+                self.stopped_step = state.step
             logger.info("EarlyStopping: %s has not improved for %d evaluations (best %.6g at step %s); stopping.",
                         self.monitor, self.wait, self.best, self.best_step)
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.restored_step = None  # set again at the end of this fit, when weights are restored
 
     def on_fit_end(self, state: TrainState) -> None:
         if self.restore_best and self._best_weights is not None:
             self.restore(state.model)
+            self.restored_step = self.best_step
 
     def restore(self, model: torch.nn.Module) -> None:
         """Copy the best weights back into `model` (in place, keeping devices and dtypes)."""

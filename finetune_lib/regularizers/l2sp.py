@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..events import TrainState
 from ..freezing.blocks import compile_patterns
-from ..training.events import TrainState
 from .base import Regularizer, micro_batch_share
 
 __all__ = ["L2SP", "l2sp_penalty"]
@@ -53,6 +53,11 @@ class L2SP(Regularizer):
         self.exclude = exclude
         self._exclude = compile_patterns(exclude)
         self._start: dict[str, torch.Tensor] = {}
+
+    def describe(self) -> str:
+        excluded = [self.exclude] if isinstance(self.exclude, str) else list(self.exclude or [])
+        return f"L2-SP {self.alpha:g} (pull toward the pretrained weights)" + (
+            f", excluding {', '.join(excluded)}" if excluded else "")
 
     def _skip(self, name: str) -> bool:
         return any(match(name) for _, match in self._exclude)

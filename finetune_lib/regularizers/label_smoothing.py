@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..training.events import TrainState
+from ..events import TrainState
 from .base import Regularizer
 
 __all__ = ["LabelSmoothing"]
@@ -11,7 +11,7 @@ __all__ = ["LabelSmoothing"]
 class LabelSmoothing(Regularizer):
     """Cross-entropy against targets mixed with the uniform distribution: `(1 - eps) * one_hot + eps / K`.
 
-    Sets `state.tuner.task.label_smoothing` in `on_setup`; the task's loss reads it.
+    Calls `state.set_label_smoothing(eps)` in `on_setup`; the training loss uses it (evaluation's is plain).
 
     Example:
         >>> FineTuner(..., regularizers=[LabelSmoothing(0.1)])
@@ -22,5 +22,8 @@ class LabelSmoothing(Regularizer):
             raise ValueError(f"LabelSmoothing eps must be in [0, 1) (e.g. 0.1), got {eps!r}.")
         self.eps = float(eps)
 
+    def describe(self) -> str:
+        return f"label smoothing {self.eps:g}"
+
     def on_setup(self, state: TrainState) -> None:
-        state.tuner.task.label_smoothing = self.eps
+        state.set_label_smoothing(self.eps)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..training.events import TrainState
+from ..events import TrainState
 from .base import Regularizer
 
 __all__ = ["OverfittingMonitor"]
 
-logger = logging.getLogger("finetune_lib")
+logger = logging.getLogger(__name__)
 
 
 class OverfittingMonitor(Regularizer):
-    """Warn (logger "finetune_lib") and set `state.extra["overfitting_warning"]` when, for `patience`
-    consecutive evaluations, the validation loss rose while the training loss fell.
+    """Warn (logger "finetune_lib.regularizers.overfitting") and set `state.extra["overfitting_warning"]`
+    when, for `patience` consecutive evaluations, the validation loss rose while the training loss fell.
 
     The training loss of an evaluation is the mean of the `train/loss` records logged (`on_log`) since the
     previous evaluation; an evaluation with no training records in between does not count either way.
@@ -37,6 +37,10 @@ class OverfittingMonitor(Regularizer):
         self.warning: str | None = None
         self._train: list[float] = []
         self._previous: tuple[float, float] | None = None  # (validation loss, training loss)
+
+    def describe(self) -> str:
+        return (f"overfitting monitor on {self.monitor} against {self.train_key}, patience {self.patience} "
+                "(warns only)")
 
     def on_log(self, state: TrainState) -> None:
         if self.train_key in (state.record or {}):

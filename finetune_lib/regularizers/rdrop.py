@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..training.events import TrainState
+from ..events import TrainState
 from .base import Regularizer
 
 __all__ = ["RDrop", "symmetric_kl"]
@@ -70,12 +70,15 @@ class RDrop(Regularizer):
         self.forward = forward
         self.ignore_index = ignore_index
 
+    def describe(self) -> str:
+        return f"R-Drop {self.alpha:g} (consistency between two dropout masks)"
+
     def penalty(self, state: TrainState) -> torch.Tensor | None:
         model = state.model
         if self.alpha == 0.0 or not model.training or state.batch is None or state.outputs is None:
             return None
         first = state.outputs.logits
-        forward = self.forward or getattr(getattr(state.tuner, "task", None), "forward", None) or _default_forward
+        forward = self.forward or getattr(state.task, "forward", None) or _default_forward
         second = forward(model, state.batch).logits
         labels = state.batch.get("labels")
         encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..events import TrainState
 from ..freezing.blocks import find_parts
-from ..training.events import TrainState
 from .base import Regularizer
 
 __all__ = ["ReinitTopBlocks", "reinit_top_blocks"]
@@ -65,6 +65,9 @@ class ReinitTopBlocks(Regularizer):
             raise ValueError(f"k must be a non-negative integer (blocks to re-initialize), got {k!r}.")
         self.k, self.blocks = k, blocks
         self.reinitialized: list[str] = []
+
+    def describe(self) -> str:
+        return f"re-initialized the top {self.k} block{'s' if self.k != 1 else ''} before training"
 
     def on_setup(self, state: TrainState) -> None:
         self.reinitialized = reinit_top_blocks(state.model, self.k, self.blocks)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import html
 import mimetypes
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,14 +99,17 @@ class Document:
 
     def image(self, path: str | Path, alt: str, base: Path | None = None) -> None:
         """An image file; shown by a relative link in Markdown (relative to `base`, the folder of the
-        document) and embedded (base64) in HTML."""
+        document, with ``..`` where needed, so no absolute path of this machine is written) and
+        embedded (base64) in HTML."""
         path = Path(path)
         link = path
         if base is not None:
             try:
-                link = path.resolve().relative_to(Path(base).resolve())
-            except ValueError:
-                link = path
+                link = Path(os.path.relpath(path.resolve(), Path(base).resolve()))
+            except ValueError:  # another drive (Windows): the file's name alone
+                link = Path(path.name)
+        elif link.is_absolute():
+            link = Path(path.name)
         self.blocks.append(_Block("image", {"path": path, "link": link.as_posix(), "alt": alt}))
 
     # ---- rendering --------------------------------------------------------------------------------

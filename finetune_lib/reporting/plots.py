@@ -66,9 +66,10 @@ def _validation_metrics(series: Mapping[str, Any], metrics: Sequence[str] | None
 
 
 def draw_history(figure: Any, history: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None,
-                 title: str | None = None) -> Any:
+                 title: str | None = None, mark_step: int | None = None) -> Any:
     """Draw the curves of `history` on an (empty) matplotlib `figure`: training and validation loss on
-    the left axes, validation metrics on the right ones (omitted when there are none). Returns it."""
+    the left axes, validation metrics on the right ones (omitted when there are none); with
+    `mark_step`, a dashed vertical line on each axes at that step (the saved weights). Returns it."""
     series = history_series(history)
     shown = _validation_metrics(series, metrics)
     axes = figure.subplots(1, 2 if shown else 1, squeeze=False)[0]
@@ -99,6 +100,11 @@ def draw_history(figure: Any, history: Sequence[Mapping[str, Any]], metrics: Seq
         metric_ax.ticklabel_format(axis="y", useOffset=False, style="plain")
         metric_ax.grid(True, alpha=0.3)
         metric_ax.legend()
+    if mark_step is not None and series:
+        for ax in axes:
+            ax.axvline(mark_step, color="tab:green", linestyle="--", linewidth=1.2,
+                       label=f"saved weights (step {mark_step})")
+            ax.legend()
     if title:
         figure.suptitle(title)
     return figure
@@ -129,28 +135,41 @@ def _save(figure: Any, path: str | Path | None, dpi: int) -> None:
     figure.savefig(path, dpi=dpi)
 
 
-def plot_history(history: Sequence[Mapping[str, Any]], path: str | Path | None = None,
-                 metrics: Sequence[str] | None = None, title: str | None = None, dpi: int = 120) -> Any:
+def plot_history(history: Any, path: str | Path | None = None, metrics: Sequence[str] | None = None,
+                 title: str | None = None, dpi: int = 120, mark_step: int | None = None) -> Any:
     """Loss and validation-metric curves of a run, from `FineTuner.history`.
 
     Args:
         history: the records of `FineTuner.history` (keys ``"step"``, ``"train/loss"``,
-            ``"validation/loss"``, ``"validation/<metric>"``; other keys are ignored).
+            ``"validation/loss"``, ``"validation/<metric>"``; other keys are ignored); or a `RunInfo`
+            or the `FineTuner` itself, whose saved-weights step is then marked (see `mark_step`).
         path: where to write the PNG (folders are created); None only returns the figure.
         metrics: validation metrics to show (names with or without ``"validation/"``); default all.
         title: a title over both axes.
         dpi: resolution of the PNG.
+        mark_step: draw a dashed line at this step, labelled "saved weights": the step the final
+            weights come from (the best evaluation's when early stopping restored it). Default: that
+            step when `history` is a `RunInfo` or a `FineTuner`, else no line.
 
     Returns:
         The matplotlib `Figure` (show it in Jupyter by leaving it as a cell's last value).
+
+    Example:
+        >>> plot_history(tuner, "runs/a/curves.png")  # marks the step of the saved weights  # doctest: +SKIP
     """
     require_matplotlib()
     from matplotlib.figure import Figure
 
+    if not isinstance(history, Sequence):  # a RunInfo or a FineTuner
+        from .tuner_info import as_run_info
+
+        run = as_run_info(history)
+        history = run.history
+        mark_step = run.weights_step if mark_step is None else mark_step
     series = history_series(history)
     wide = bool(_validation_metrics(series, metrics))
     figure = Figure(figsize=(11 if wide else 6, 4), layout="constrained")
-    draw_history(figure, history, metrics, title)
+    draw_history(figure, history, metrics, title, mark_step)
     _save(figure, path, dpi)
     return figure
 

@@ -2,8 +2,8 @@
 metrics per evaluation, data summary, freezing, settings and versions.
 
 Each ``add_*`` function appends blocks to a :class:`~finetune_lib.reporting.document.Document` and
-reads only plain attributes of the `FineTuner` (``args``, ``history``, ``preprocessor``, ``freezer``,
-``regularizers``, ``metrics``), so a report can also be written for a tuner that was never fitted.
+reads only a :class:`~finetune_lib.reporting.run_info.RunInfo` (plain data about the run), so a
+report can also be written for a tuner that was never fitted, or for a run described by hand.
 """
 
 from __future__ import annotations
@@ -12,18 +12,14 @@ import math
 import platform
 from collections.abc import Mapping, Sequence
 from importlib import metadata
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .document import Document
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..training.finetuner import FineTuner
+from .run_info import RunInfo
 
 __all__ = [
     "add_data", "add_freezing", "add_results", "add_settings", "add_validation", "add_versions", "fmt",
-    "metric_signatures", "model_name", "short_repr", "split_results", "training_summary", "validation_table",
-    "versions",
+    "split_results", "training_summary", "validation_table", "versions",
 ]
 
 INTERVAL_SUFFIXES = ("_low", "_high")
@@ -42,33 +38,21 @@ def fmt(value: Any) -> str:
     return f"{value:.1f}" if abs(value) >= 1000 else f"{value:.4f}"
 
 
-def model_name(tuner: FineTuner) -> str:
-    """The base model as a short name: the hub id, a local folder's name, or the model's class."""
-    source = tuner.model_source
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        return path.name if path.exists() else str(source)
-    return type(source).__name__
-
-
-def short_repr(obj: Any, limit: int = 160) -> str:
-    """`repr(obj)`, cut at `limit` characters."""
-    text = repr(obj)
-    return text if len(text) <= limit else text[: limit - 4] + " ...)"
-
-
-def training_summary(tuner: FineTuner) -> str:
-    """Steps and epochs trained; early stopping and restored weights, when they happened."""
-    history = tuner.history
-    steps = max((r.get("step", 0) for r in history), default=0)
-    epochs = max((r.get("epoch", 0) for r in history), default=0)
-    line = f"{steps} optimizer steps ({epochs:g} epochs)" if history else "not trained in this session"
-    for reg in tuner.regularizers:
-        stopped, best = getattr(reg, "stopped_step", None), getattr(reg, "best_step", None)
-        if stopped is not None:
-            line += f"; early stopping ended training at step {stopped}"
-        if getattr(reg, "restore_best", False) and best is not None and best != steps:
-            line += f"; the weights of step {best} (best `{getattr(reg, 'monitor', '?')}`) were restored"
+def training_summary(run: RunInfo) -> str:
+    """Steps and epochs trained; whether early stopping ended training, and which step the final
+    weights come from."""
+    if not run.steps:
+        return "not trained in this session"
+    line = f"{run.steps} optimizer steps ({run.epochs:g} epochs)"
+    monitor = f" (best `{run.early_stopping_monitor}`)" if run.early_stopping_monitor else ""
+    if run.stopped_early_at is not None:
+        line += f"; early stopping ended training at step {run.stopped_early_at}"
+    elif run.early_stopping_monitor:
+        line += "; early stopping did not end training (it ran to its planned end)"
+    if run.weights_step is not None and run.weights_step != run.steps:
+        line += f"; the saved weights are those of step {run.weights_step}{monitor}, restored at the end"
+    elif run.weights_step is not None:
+        line += f"; the saved weights are those of the last step ({run.weights_step})"
     return line
 
 
@@ -130,8 +114,10 @@ def add_results(doc: Document, results: Mapping[str, Any], confidence: float | N
 
 
 # ---- validation during training ----------------------------------------------------------------------
-def validation_table(history: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """One row per evaluation during `fit`: step, epoch, the latest training loss, validation metrics."""
+def validation_table(history: Sequence[Mapping[str, Any]], weights_step: int | None = None
+                     ) -> tuple[list[str], list[list[str]]]:
+    """One row per evaluation during `fit`: step, epoch, the latest training loss, validation metrics.
+    The row of `weights_step` (the step the saved weights come from) says so in its step cell."""
     evals = [r for r in history if any(str(k).startswith("validation/") for k in r)]
     keys = list(dict.fromkeys(k for r in evals for k in r if str(k).startswith("validation/")
                               and not str(k).endswith(INTERVAL_SUFFIXES)))
@@ -141,14 +127,18 @@ def validation_table(history: Sequence[Mapping[str, Any]]) -> tuple[list[str], l
     for record in evals:
         train = [r["train/loss"] for r in history if "train/loss" in r and r.get("step", 0) <= record.get("step", 0)]
         epoch = record.get("epoch", "")
-        rows.append([str(record.get("step", "")), f"{epoch:g}" if isinstance(epoch, (int, float)) else str(epoch),
+        step = str(record.get("step", ""))
+        if weights_step is not None and record.get("step") == weights_step:
+            step += " (saved weights)"
+        rows.append([step, f"{epoch:g}" if isinstance(epoch, (int, float)) else str(epoch),
                      fmt(train[-1]) if train else "", *(fmt(record[k]) if k in record else "" for k in keys)])
     return header, rows
 
 
-def add_validation(doc: Document, history: Sequence[Mapping[str, Any]]) -> bool:
-    """The validation table; False (and nothing added) when the history holds no evaluation."""
-    header, rows = validation_table(history)
+def add_validation(doc: Document, history: Sequence[Mapping[str, Any]], weights_step: int | None = None) -> bool:
+    """The validation table (the row of `weights_step` marked); False (and nothing added) when the
+    history holds no evaluation."""
+    header, rows = validation_table(history, weights_step)
     if not rows:
         return False
     doc.table(header, rows)
@@ -174,10 +164,11 @@ def _balance(labels: Mapping[Any, int], size: int, shown: int = 8) -> str:
     return ", ".join(items) + (f", +{more} more" if more > 0 else "")
 
 
-def add_data(doc: Document, tuner: FineTuner, data_report: Any = None) -> None:
-    """Sizes and label balance per split from a `DataReport` (or its `to_dict()`, or a string);
-    without one, what the Preprocessor saw (`tuner.preprocessor.stats`) and the label names."""
-    pre = tuner.preprocessor
+def add_data(doc: Document, run: RunInfo, data_report: Any = None) -> None:
+    """Sizes and label balance per split from a `DataReport` (or its `to_dict()`, or a string;
+    default `run.data_summary`); without one, what the Preprocessor counted, and the label names."""
+    if data_report is None:
+        data_report = run.data_summary
     report = _as_dict(data_report)
     if report is None and data_report is not None:  # e.g. str(report)
         doc.code(str(data_report))
@@ -209,44 +200,34 @@ def add_data(doc: Document, tuner: FineTuner, data_report: Any = None) -> None:
         notes += [f"**warning**: {w}" for w in report.get("warnings", [])]
         doc.bullets(notes)
     else:
-        stats = {k: v for k, v in getattr(pre, "stats", {}).items() if k != "predict"}
-        if stats:
+        counts = {k: v for k, v in run.encode_counts.items() if k != "predict"}
+        if counts:
             doc.table(["split", "examples", "truncated to max_length"],
-                      [[name, s.examples, s.truncated] for name, s in stats.items()])
+                      [[name, examples, truncated] for name, (examples, truncated) in counts.items()])
         else:
             doc.paragraph("No data summary was recorded.")
     details = []
-    if pre.label_names:
-        details.append("labels (id order): " + ", ".join(f"`{n}`" for n in pre.label_names))
-    steps = [s if isinstance(s, str) else getattr(s, "__name__", type(s).__name__) for s in pre.clean_steps]
-    details.append("cleaning: " + (", ".join(f"`{s}`" for s in steps) if steps else "none"))
-    if pre.max_length is not None:
-        details.append(f"max_length: {pre.max_length} tokens")
+    if run.label_names:
+        details.append("labels (id order): " + ", ".join(f"`{n}`" for n in run.label_names))
+    details.append("cleaning: " + (", ".join(f"`{s}`" for s in run.cleaning) if run.cleaning else "none"))
+    if run.max_length is not None:
+        details.append(f"max_length used in training: {run.max_length} tokens (longer examples were truncated)")
+    if run.pack_length is not None:
+        details.append(f"training examples packed into rows of {run.pack_length} tokens")
     doc.bullets(details)
 
 
 # ---- freezing, settings, versions ------------------------------------------------------------------------
-def _freeze_summary(tuner: FineTuner, summary: Any) -> Any:
-    if summary is not None or tuner.freezer is None or not hasattr(tuner.freezer, "summary"):
-        return summary
-    try:
-        return tuner.freezer.summary()
-    except Exception:  # not applied yet (the tuner was never fitted)
-        return None
-
-
-def add_freezing(doc: Document, tuner: FineTuner, summary: Any = None) -> None:
+def add_freezing(doc: Document, run: RunInfo, summary: Any = None) -> None:
     """The LayerFreezer's settings and its table of trainable and frozen parameters per part."""
-    summary = _freeze_summary(tuner, summary)
-    if tuner.freezer is None:
+    summary = summary if summary is not None else run.freeze_summary
+    if run.freezer is None:
         text = "No layer freezing: every parameter was trained."
-        if tuner.model is not None:
-            total = sum(p.numel() for p in tuner.model.parameters())
-            trainable = sum(p.numel() for p in tuner.model.parameters() if p.requires_grad)
-            text += f" ({trainable:,} of {total:,} parameters trainable.)"
+        if run.trainable_parameters is not None and run.total_parameters is not None:
+            text += f" ({run.trainable_parameters:,} of {run.total_parameters:,} parameters trainable.)"
         doc.paragraph(text)
     else:
-        doc.paragraph(f"`{tuner.freezer!r}`")
+        doc.paragraph(f"`{run.freezer}`")
     if summary is None:
         return
     if isinstance(summary, str):
@@ -260,29 +241,22 @@ def add_freezing(doc: Document, tuner: FineTuner, summary: Any = None) -> None:
                  *summary.notes])
 
 
-def add_settings(doc: Document, tuner: FineTuner) -> None:
-    """The `TrainingArgs` as a table, then precision, regularizers and metrics (with their signatures)."""
-    doc.table(["setting", "value"], [[k, f"`{v!r}`" if isinstance(v, str) else v] for k, v in vars(tuner.args).items()])
+def _setting(value: Any) -> Any:
+    return f"`{value!r}`" if isinstance(value, str) else value
+
+
+def add_settings(doc: Document, run: RunInfo) -> None:
+    """The settings used as a table, then precision, regularizers and metrics (with their signatures)."""
+    doc.table(["setting", "value"], [[k, _setting(v)] for k, v in run.settings.items()])
     extra = []
-    precision = getattr(tuner.precision, "name", None) or getattr(tuner.precision, "dtype", None)
-    if precision is not None:
-        extra.append(f"precision used: `{precision}`")
-    extra.append("regularizers: " + (", ".join(f"`{short_repr(r)}`" for r in tuner.regularizers) or "none"))
-    if tuner.metrics is not None:
-        signatures = metric_signatures(tuner)
+    if run.precision is not None:
+        extra.append(f"precision used: `{run.precision}`")
+    extra.append("regularizers: " + ("; ".join(run.regularizers) or "none"))
+    if run.metrics:
+        signatures = run.metric_signatures
         extra.append("metrics: " + ", ".join(
-            f"`{n}`" + (f" (signature `{signatures[n]}`)" if n in signatures else "")
-            for n in getattr(tuner.metrics, "names", [])))
+            f"`{n}`" + (f" (signature `{signatures[n]}`)" if n in signatures else "") for n in run.metrics))
     doc.bullets(extra)
-
-
-def metric_signatures(tuner: FineTuner) -> dict[str, str]:
-    """``{metric name: signature}`` of the last evaluation (sacrebleu's, for BLEU and chrF): from
-    ``tuner.last_artifacts`` after `evaluate()`, else the suite's own after a validation in `fit`."""
-    artifacts = getattr(tuner, "last_artifacts", None) or getattr(tuner.metrics, "last_artifacts", None) or {}
-    suffix = "_signature"
-    return {key[: -len(suffix)]: value for key, value in artifacts.items()
-            if isinstance(key, str) and key.endswith(suffix) and isinstance(value, str)}
 
 
 def versions() -> dict[str, str]:

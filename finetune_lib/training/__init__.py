@@ -1,8 +1,8 @@
 """The training core: `FineTuner`, its events and callbacks, loggers, precision, optimizer and checkpoints."""
 
-from .events import Callback, TrainState
+from ..events import Callback, Event, TrainState
 from .finetuner import FineTuner, TrainingArgs
 from .loggers import CSVLogger, JSONLLogger, LivePlot, TensorBoardLogger
 
-__all__ = ["CSVLogger", "Callback", "FineTuner", "JSONLLogger", "LivePlot", "TensorBoardLogger", "TrainState",
+__all__ = ["CSVLogger", "Callback", "Event", "FineTuner", "JSONLLogger", "LivePlot", "TensorBoardLogger", "TrainState",
            "TrainingArgs"]

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .optim import check_schedule
+from .setting_checks import check_numbers
+
+#: settings FineTuner took before, and what to use instead
+REMOVED_SETTINGS = {
+    "weight_decay": "set weight decay once, with regularizers=[WeightDecay(0.01)] "
+                    "(from finetune_lib.regularizers import WeightDecay).",
+    "cpu_memory_reuse": "folded into cpu_speedups=True (opt-in: malloc tuning while fit/evaluate/predict run, and "
+                        "reused embedding gradients); the frozen-weight bf16 casts are now always on.",
+    "cpu_fast_dropout": "folded into cpu_speedups=True (opt-in counter-based dropout masks); the default is torch's "
+                        "own dropout.",
+}
 
 
 @dataclass
@@ -16,8 +30,9 @@ class TrainingArgs:
         batch_size: examples per optimizer step (the effective batch).
         gradient_accumulation: micro-batches per step; each holds batch_size / gradient_accumulation.
         learning_rate: peak learning rate of AdamW.
-        weight_decay: decoupled weight decay (never on biases and normalization weights).
-        schedule: "linear", "cosine" or "constant" after warmup.
+        schedule: "linear", "cosine" or "constant" after warmup, or your own function
+            `(step, total_steps) -> learning-rate multiplier` (which then shapes warmup too:
+            warmup_ratio and warmup_steps must stay 0).
         warmup_ratio: fraction of the steps spent warming up (used when warmup_steps is 0).
         warmup_steps: steps of linear warmup.
         max_grad_norm: clip the gradient norm to this (None or 0: no clipping).
@@ -26,7 +41,7 @@ class TrainingArgs:
         eval_every: evaluate every N steps, or "epoch".
         save_every: checkpoint every N steps, or "epoch" (only with an output_dir).
         log_every: log the training loss every N steps.
-        keep_checkpoints: keep the newest K checkpoints.
+        keep_checkpoints: keep the newest K checkpoints (K >= 1), or None to keep them all.
         eval_batch_size: examples per evaluation batch (default: 2 x batch_size).
         max_new_tokens: tokens to generate for LM predictions and text metrics.
         generation_time_budget: seconds of generation allowed in one evaluation (for text metrics
@@ -41,22 +56,22 @@ class TrainingArgs:
         distributed: how the model is spread over processes under `torchrun` (WORLD_SIZE > 1; ignored
             in a single process): "auto" (DDP), "ddp" (a full copy per process), or "fsdp" (weights,
             gradients and optimizer state sharded per transformer block, for models that do not fit).
-        cpu_memory_reuse: on a CPU, tune glibc's malloc so freed tensor memory is reused instead of
-            faulted in again every step (15-20% faster MiniLM training in BENCHMARKS.md; process-wide,
-            see `finetune_lib.training.memory`); frozen linear layers also keep one bf16 copy of their
-            weights during `fit` (`finetune_lib.training.frozen_casts`). False turns both off.
-        cpu_fast_dropout: on a CPU, `nn.Dropout` masks come from a vectorized counter-based generator
-            seeded from torch's, about 4x faster than torch's serial Bernoulli draws; same keep
-            probability and scaling, reproducible under `seed` and resume, but not torch's masks (see
-            `finetune_lib.training.fast_dropout`), and so does attention-probability dropout in short
-            training batches (`finetune_lib.training.cpu_attention`). False keeps torch's dropout.
+        cpu_speedups: on a CPU, add the opt-in techniques of `finetune_lib.speedups` (False, the
+            default, keeps torch's semantics and changes nothing process-wide): glibc's malloc keeps
+            freed memory during `fit`, `evaluate` and `predict` (process-wide while they run, glibc's
+            defaults set back after), large embedding tables write their gradient into a reused buffer
+            (autograd's hooks and `torch.autograd.grad` do not see it; not under DDP/FSDP), and dropout
+            and attention dropout draw counter-based masks (same keep rate and scaling, reproducible
+            under `seed` and resume, not torch's masks). Measured on MiniLM: the memory ones 15-20%
+            per epoch, the dropout ones 1.02-1.07x per step; see docs/topics/cpu-speed.md for each
+            one's gain and caveats.
         compile: run the training forward and backward through `torch.compile` (TorchInductor). The
             first steps are slower while it compiles (tens of seconds on a CPU); best on a GPU with
             fixed shapes such as packed rows (`Preprocessor(pack=True)`), where each new shape
             otherwise compiles again. The model itself is not replaced: `state_dict` keys,
             checkpoints, `save()` and resume are unchanged, and evaluation, `predict` and generation
-            run eagerly. On a CPU it replaces the CPU patches (`cpu_fast_dropout`, the reused
-            embedding gradients of `cpu_memory_reuse`, the SDPA kernel choice): the compiler fuses
+            run eagerly. On a CPU it replaces the CPU patches (the frozen-weight casts, the SDPA kernel
+            choice, and the model patches of `cpu_speedups`): the compiler fuses
             dropout itself. Needs a C++ compiler on a CPU and Triton on a GPU (checked when the
             `FineTuner` is built). Works under DDP (compiled before wrapping); refused under FSDP
             and with `LayerFreezer(cache_prefix=True)`. See `finetune_lib.training.compiling`.
@@ -67,8 +82,7 @@ class TrainingArgs:
     batch_size: int = 16
     gradient_accumulation: int = 1
     learning_rate: float = 5e-5
-    weight_decay: float = 0.0
-    schedule: str = "linear"
+    schedule: str | Callable[[int, int], float] = "linear"
     warmup_ratio: float = 0.0
     warmup_steps: int = 0
     max_grad_norm: float | None = 1.0
@@ -77,18 +91,33 @@ class TrainingArgs:
     eval_every: int | str = "epoch"
     save_every: int | str = "epoch"
     log_every: int = 10
-    keep_checkpoints: int = 2
+    keep_checkpoints: int | None = 2
     eval_batch_size: int | None = None
     max_new_tokens: int = 64
     generation_time_budget: float | None = None
     seed: int = 0
     on_nonfinite: str = "stop"
     distributed: str = "auto"
-    cpu_memory_reuse: bool = True
-    cpu_fast_dropout: bool = True
+    cpu_speedups: bool = False
     compile: bool = False
 
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> TrainingArgs:
+        """The settings from `FineTuner`'s keyword arguments, validated; unknown or removed names refused
+        with what to use instead."""
+        moved = [f"{name}: {REMOVED_SETTINGS[name]}" for name in settings if name in REMOVED_SETTINGS]
+        if moved:
+            raise TypeError("Setting(s) no longer taken by FineTuner (see CHANGELOG.md):\n  " + "\n  ".join(moved))
+        unknown = set(settings) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"Unknown FineTuner setting(s) {sorted(unknown)}. Known: "
+                            f"{', '.join(cls.__dataclass_fields__)}.")
+        args = cls(**settings)
+        args.validate()
+        return args
+
     def validate(self) -> None:
+        check_numbers(self)  # every number finite, of the right kind and in range, or the fix
         def positive(name: str, value: Any, integer: bool = False) -> None:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 or (integer and int(value) != value):
                 kind = "a positive integer" if integer else "a positive number"
@@ -104,14 +133,15 @@ class TrainingArgs:
         if self.batch_size % self.gradient_accumulation:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of gradient_accumulation "
                              f"({self.gradient_accumulation}): each micro-batch holds batch_size / gradient_accumulation.")
-        if self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1 or self.warmup_steps < 0:
-            raise ValueError("weight_decay and warmup_steps must be >= 0, and warmup_ratio in [0, 1).")
+        if not 0 <= self.warmup_ratio < 1 or self.warmup_steps < 0:
+            raise ValueError("warmup_steps must be >= 0, and warmup_ratio in [0, 1).")
+        check_schedule(self.schedule, self.warmup_steps, self.warmup_ratio)
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}.")
         if self.distributed not in ("auto", "ddp", "fsdp"):
             raise ValueError(f"distributed must be 'auto' (DDP under torchrun), 'ddp' or 'fsdp' (shard the model "
                              f"across processes), got {self.distributed!r}.")
-        for name in ("cpu_memory_reuse", "cpu_fast_dropout", "compile"):
+        for name in ("cpu_speedups", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         budget = self.generation_time_budget

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .events import Callback, TrainState
+from ..events import Callback, TrainState
 
 
 def _jsonable(value: Any) -> Any:

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from .guards import NonFiniteLossError, nonfinite_tensors
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"
 REPLACED_PREFIX = ".replaced-checkpoint-"  # a checkpoint being replaced by a rewrite of the same step
@@ -101,8 +103,12 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict[s
 
     The files go to a temporary folder that is renamed to `checkpoint-<step>` once they are all
     written and synced. On any failure the temporary folder is removed and `CheckpointWriteError`
-    says which checkpoint is still the newest complete one.
+    says which checkpoint is still the newest complete one. Weights or optimizer state holding a NaN
+    or inf are never written: `NonFiniteLossError` says so, and nothing changes on disk.
     """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"A checkpoint's step must be an integer >= 0, got {step!r}.")
+    check_finite_state(root, step, weights if weights is not None else model.state_dict(), state.get("optimizer"))
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"checkpoint-{step:08d}"
     tmp = root / f"{TMP_PREFIX}{step:08d}-{os.getpid()}"
@@ -143,6 +149,47 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict[s
         for old in list_checkpoints(root)[:-keep]:
             _remove(old)
     return final
+
+
+def _named_tensors(value: Any, prefix: str) -> list[tuple[str, Any]]:
+    """Every tensor in nested dicts and lists, named by its path (e.g. `state.3.exp_avg`)."""
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [t for i, v in enumerate(value) for t in _named_tensors(v, f"{prefix}.{i}")]
+    return [(prefix, value)] if isinstance(value, torch.Tensor) else []
+
+
+def check_finite_state(root: Path, step: int, weights: dict[str, torch.Tensor], optimizer: Any = None) -> None:
+    """Refuse to write checkpoint `step`: raise `NonFiniteLossError` when the weights (or the optimizer
+    state) hold a NaN or inf. One pass over the tensors, one host read; nothing is written."""
+    bad = nonfinite_tensors(weights.items())
+    bad_opt = nonfinite_tensors(_named_tensors(optimizer, "")) if optimizer else []
+    if not bad and not bad_opt:
+        return
+    what = []
+    if bad:
+        what.append(f"the weights ({len(bad)} of {len(weights)} tensors, e.g. {bad[:3]})")
+    if bad_opt:
+        what.append(f"the optimizer state ({len(bad_opt)} tensors, e.g. {bad_opt[:3]})")
+    kept = list_checkpoints(root)
+    before = (f"The newest complete checkpoint is {kept[-1].name}; after changing the settings, continue from it "
+              "with fit(..., resume=True)." if kept else "There is no earlier checkpoint: start the run again "
+              "after changing the settings.")
+    raise NonFiniteLossError(
+        f"Checkpoint checkpoint-{step:08d} was not written: {' and '.join(what)} hold NaN or inf values, so "
+        f"training diverged at or before step {step}. Lower the learning rate, set max_grad_norm (e.g. 1.0), or use "
+        f"precision='fp32' or 'bf16' instead of 'fp16'. {before}")
+
+
+def check_finite_model(weights: dict[str, torch.Tensor], path: Path | str) -> None:
+    """Refuse to save a model whose weights hold a NaN or inf (`FineTuner.save`); nothing is written."""
+    bad = nonfinite_tensors(weights.items())
+    if bad:
+        raise NonFiniteLossError(
+            f"The model was not saved to {path}: {len(bad)} of its {len(weights)} weight tensors hold NaN or inf "
+            f"values (e.g. {bad[:3]}), so training diverged. Lower the learning rate or set max_grad_norm (e.g. 1.0) "
+            "and train again, or resume from the last checkpoint (checkpoints are never written with such values).")
 
 
 def _remove(path: Path) -> None:
@@ -220,9 +267,18 @@ def read_info(path: Path) -> dict[str, Any]:
 
 def load_checkpoint(path: Path, model: torch.nn.Module,
                     load: Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[list[str], list[str]]] | None = None,
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+                    check_state: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load weights into `model`; return (trainer state, info). Never unpickles arbitrary objects.
-    `load(model, weights) -> (missing, unexpected)` replaces `load_state_dict` (a model sharded with FSDP)."""
+    `load(model, weights) -> (missing, unexpected)` replaces `load_state_dict` (a model sharded with FSDP).
+    The trainer state is read first; `check_state=True` checks it is one `FineTuner` wrote
+    (`check_trainer_state`) before any weight is loaded."""
+    try:
+        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"Cannot read {path / 'trainer_state.pt'}: {e}. It is damaged, truncated or holds "
+                           "objects other than tensors and plain values (refused for safety).") from e
+    if check_state:
+        check_trainer_state(state, path)
     try:
         if load is None:
             missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
@@ -236,12 +292,37 @@ def load_checkpoint(path: Path, model: torch.nn.Module,
     if unexpected or [k for k in missing if k not in _tied_names(model)]:
         raise RuntimeError(f"Checkpoint {path} does not match the model: missing {list(missing)[:5]}, "
                            f"unexpected {list(unexpected)[:5]}. Resume with the same model and task.")
-    try:
-        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"Cannot read {path / 'trainer_state.pt'}: {e}. It is damaged, truncated or holds "
-                           "objects other than tensors and plain values (refused for safety).") from e
     return state, read_info(path)
+
+
+TRAINER_STATE_KEYS = ("optimizer", "schedule", "rng", "position", "callbacks")
+
+
+def check_trainer_state(state: Any, path: Path) -> None:
+    """A loaded `trainer_state.pt` must hold what `write_checkpoint` writes, with a position of
+    integers >= 0 (`step`, `epoch`, `batch_in_epoch`; `step` the one in the folder's name) and a
+    schedule position >= 0. A crafted or damaged state is refused here, before it is used: a negative
+    step, for one, would make checkpoint folders that are never listed, resumed or pruned."""
+    def refuse(what: str) -> None:
+        raise RuntimeError(f"{path / 'trainer_state.pt'} is not a valid trainer state: {what}. It is damaged or was "
+                           "not written by FineTuner; delete this checkpoint folder to resume from the one before it.")
+
+    if not isinstance(state, dict):
+        refuse(f"it holds a {type(state).__name__}, not a dict")
+    missing = [k for k in TRAINER_STATE_KEYS if k not in state]
+    if missing:
+        refuse(f"it lacks {missing}")
+    position, schedule = state["position"], state["schedule"]
+    if not isinstance(position, dict) or not isinstance(schedule, dict):
+        refuse("its position and schedule must be dicts")
+    values = {k: position.get(k) for k in ("step", "epoch", "batch_in_epoch")}
+    values["schedule.last_step"] = schedule.get("last_step")
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            refuse(f"{key} is {value!r}; it must be an integer >= 0")
+    named = CHECKPOINT_RE.match(path.name)
+    if named and int(named.group(1)) != values["step"]:
+        refuse(f"its step ({values['step']}) is not the one in the folder's name ({path.name})")
 
 
 def _tied_names(model: torch.nn.Module) -> set[str]:

@@ -11,9 +11,10 @@ What changes when it is on:
 - the first training steps are slower while TorchInductor compiles (tens of seconds on a CPU);
   a new batch shape compiles once more, after which shapes are treated as dynamic. Fixed shapes,
   such as packed rows (`Preprocessor(pack=True)`), compile once;
-- the CPU patches `fit` otherwise applies are skipped: fast dropout masks (`fast_dropout`), the
-  reused embedding gradient buffer (`embedding_grad`) and the SDPA kernel choice for short batches
-  (`cpu_attention`): the compiler fuses dropout into the surrounding kernels and chooses its own;
+- the CPU patches `fit` otherwise applies are skipped: the frozen-weight casts (`frozen_casts`),
+  the SDPA kernel choice for short batches (`cpu_attention`) and, with `cpu_speedups=True`, the model
+  patches of `finetune_lib.speedups` (fast dropout, counter-dropout attention, reused embedding
+  gradients): the compiler fuses dropout into the surrounding kernels and chooses its own;
 - under DDP the model is compiled before it is wrapped; FSDP is refused (its per-block sharding
   hooks need per-block compiling), and so is `LayerFreezer(cache_prefix=True)` (it swaps block
   forwards and replays cached outputs from Python during training).
@@ -36,7 +37,7 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger("finetune_lib")
+log = logging.getLogger(__name__)
 
 #: the `torch.compile` backend used for training
 BACKEND: Any = "inductor"

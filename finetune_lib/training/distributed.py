@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 STRATEGIES = ("auto", "ddp", "fsdp")
-log = logging.getLogger("finetune_lib")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -3,34 +3,61 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..data.collate import sequential_batches, to_device
+from ..events import CallbackList, TrainState
 from ..metrics.batch import EvalBatch
 from ..tasks import IGNORE_INDEX, GenerationBudget, generate_texts
-from .events import CallbackList, TrainState
 
-log = logging.getLogger("finetune_lib")
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .finetuner import FineTuner
+log = logging.getLogger(__name__)
 
 
-def _suite(tuner: FineTuner) -> Any:
-    from ..metrics import MetricSuite
+@dataclass
+class EvalSetup:
+    """What evaluation and prediction need of a run, and nothing more.
 
-    if tuner.metrics is None:
-        tuner.metrics = MetricSuite.default(tuner.task.name)
-    if "loss" in tuner.metrics.names:
+    Attributes:
+        model: the model (unwrapped; FSDP's full weights gathered by the caller).
+        task: the task object (`forward`, `aligned`, `aligned_loss_sum`, `count_targets`, `generates`).
+        preprocessor: the run's `Preprocessor` (already set up: collate, length, format_prompt, labels).
+        tokenizer: the tokenizer (generation decodes with it).
+        metrics: the `MetricSuite`.
+        device: where batches go.
+        autocast: a zero-argument callable returning the mixed-precision context (`Precision.autocast`).
+        dist: the `DistributedContext` (sharding and sums over processes).
+        batch_size: examples per evaluation batch.
+        max_new_tokens: tokens to generate for text metrics and predictions.
+        generation_time_budget: seconds of generation allowed in one evaluation (None: no limit).
+        seed: the seed of bootstrap confidence intervals.
+    """
+
+    model: torch.nn.Module
+    task: Any
+    preprocessor: Any
+    tokenizer: Any
+    metrics: Any
+    device: torch.device
+    autocast: Callable[[], Any]
+    dist: Any
+    batch_size: int
+    max_new_tokens: int
+    generation_time_budget: float | None = None
+    seed: int = 0
+
+
+def check_suite(metrics: Any) -> None:
+    """Refuse a metric named 'loss' (the key of the evaluation loss)."""
+    if "loss" in metrics.names:
         raise ValueError("A metric is named 'loss', which is the key of the evaluation loss FineTuner reports. "
                          "Give it another name, e.g. MyMetric(name='my_loss').")
-    return tuner.metrics
 
 
-def evaluate_model(tuner: FineTuner, records: list[dict[str, Any]], features: list[dict[str, Any]], *,
+def evaluate_model(run: EvalSetup, records: list[dict[str, Any]], features: list[dict[str, Any]], *,
                    slices: Any = None, confidence: float | None = None, batch_size: int | None = None,
                    events: CallbackList | None = None, state: TrainState | None = None) -> dict[str, float]:
     """Loss (mean over target tokens or examples, no label smoothing) and the suite's metrics.
@@ -43,20 +70,20 @@ def evaluate_model(tuner: FineTuner, records: list[dict[str, Any]], features: li
     would hold only the longest examples). A warning then says how many prompts were generated,
     and the suite's ``last_artifacts["generation"]`` holds the counts.
     """
-    model, task, pre = tuner.model, tuner.task, tuner.preprocessor
-    size = batch_size or tuner.args.eval_batch_size or 2 * tuner.args.batch_size
+    model, task, pre = run.model, run.task, run.preprocessor
+    size = batch_size or run.batch_size
     has_labels = all("labels" in f for f in features)
     if not has_labels:
         raise ValueError("Evaluation needs labels (classification) or targets (generation) in every record.")
-    totals = {"loss": torch.zeros((), dtype=torch.float64, device=tuner.device), "targets": 0}
+    totals = {"loss": torch.zeros((), dtype=torch.float64, device=run.device), "targets": 0}
 
-    mine = tuner.dist.shard(range(len(features)))  # each process evaluates a disjoint shard
+    mine = run.dist.shard(range(len(features)))  # each process evaluates a disjoint shard
 
     def batches() -> Iterator[EvalBatch]:
         for part in sequential_batches(len(mine), size, [pre.length(features[i]) for i in mine]):
             idx = [mine[j] for j in part]
-            batch = to_device(pre.collate([features[i] for i in idx]), tuner.device)
-            with torch.inference_mode(), tuner.precision.autocast():
+            batch = to_device(pre.collate([features[i] for i in idx]), run.device)
+            with torch.inference_mode(), run.autocast():
                 logits = task.forward(model, batch).logits.float()
             logits, labels = task.aligned(logits, batch["labels"])
             with torch.inference_mode():
@@ -79,30 +106,31 @@ def evaluate_model(tuner: FineTuner, records: list[dict[str, Any]], features: li
                 events.emit("eval_batch", state)
             del batch
 
-    budget = GenerationBudget(tuner.args.generation_time_budget)  # all the generation of this evaluation
+    budget = GenerationBudget(run.generation_time_budget)  # all the generation of this evaluation
 
     def generate(prompts: list[str]) -> list[str]:
-        return generate_texts(model, tuner.tokenizer, prompts, batch_size=size, max_new_tokens=tuner.args.max_new_tokens,
-                              budget=budget, autocast=tuner.precision.autocast)
+        return generate_texts(model, run.tokenizer, prompts, batch_size=size, max_new_tokens=run.max_new_tokens,
+                              budget=budget, autocast=run.autocast)
 
     model.eval()
-    suite = _suite(tuner)
+    suite = run.metrics
+    check_suite(suite)
     results = suite.run(batches(), generate=generate if task.generates else None, slices=slices,
-                        confidence=confidence, seed=tuner.args.seed)
-    loss_sum = tuner.dist.sum(totals["loss"])
-    targets = tuner.dist.sum(torch.tensor(float(totals["targets"]), dtype=torch.float64, device=tuner.device))
+                        confidence=confidence, seed=run.seed)
+    loss_sum = run.dist.sum(totals["loss"])
+    targets = run.dist.sum(torch.tensor(float(totals["targets"]), dtype=torch.float64, device=run.device))
     loss = float(loss_sum / targets.clamp(min=1))
     if task.generates and suite.needs_text and budget.seconds is not None:
-        results["generated_fraction"] = _report_budget(tuner, suite, budget)
+        results["generated_fraction"] = _report_budget(run, suite, budget)
     return {"loss": loss, **results}
 
 
-def _report_budget(tuner: FineTuner, suite: Any, budget: GenerationBudget) -> float:
+def _report_budget(run: EvalSetup, suite: Any, budget: GenerationBudget) -> float:
     """The share of prompts generated within the budget (all processes); a warning when some were not."""
-    counts = tuner.dist.sum(torch.tensor([budget.generated, budget.skipped], dtype=torch.float64, device=tuner.device))
+    counts = run.dist.sum(torch.tensor([budget.generated, budget.skipped], dtype=torch.float64, device=run.device))
     generated, skipped = (int(c) for c in counts.tolist())
     suite.last_artifacts["generation"] = {"time_budget_s": budget.seconds, "generated": generated, "skipped": skipped}
-    if skipped and tuner.dist.is_main:
+    if skipped and run.dist.is_main:
         text = [m.name for m in suite.metrics if m.input == "text"]
         log.warning("generation_time_budget of %gs ran out: %d of %d prompts were generated; the other %d were "
                     "scored as empty outputs by %s (see generated_fraction in the results). Raise "
@@ -112,23 +140,22 @@ def _report_budget(tuner: FineTuner, suite: Any, budget: GenerationBudget) -> fl
 
 
 @torch.inference_mode()
-def predict_records(tuner: FineTuner, records: list[dict[str, Any]], batch_size: int | None = None,
+def predict_records(run: EvalSetup, records: list[dict[str, Any]], batch_size: int | None = None,
                     max_new_tokens: int | None = None) -> list[Any]:
     """Labels with scores (classification) or generated texts (LM tasks)."""
-    model, pre = tuner.model, tuner.preprocessor
-    size = batch_size or tuner.args.eval_batch_size or 2 * tuner.args.batch_size
+    model, pre = run.model, run.preprocessor
+    size = batch_size or run.batch_size
     model.eval()
-    if tuner.task.name != "classification":
+    if run.task.name != "classification":
         prompts = [pre.format_prompt(r) for r in records]
-        return generate_texts(model, tuner.tokenizer, prompts, batch_size=size,
-                              max_new_tokens=max_new_tokens or tuner.args.max_new_tokens,
-                              autocast=tuner.precision.autocast)
+        return generate_texts(model, run.tokenizer, prompts, batch_size=size,
+                              max_new_tokens=max_new_tokens or run.max_new_tokens, autocast=run.autocast)
     features = pre.encode([{k: v for k, v in r.items() if k != "label"} for r in records], "predict")
     names = pre.label_names or []
     out: list[Any] = [None] * len(features)
     for idx in sequential_batches(len(features), size, [pre.length(f) for f in features]):
-        batch = to_device(pre.collate([features[i] for i in idx]), tuner.device)
-        with tuner.precision.autocast():
+        batch = to_device(pre.collate([features[i] for i in idx]), run.device)
+        with run.autocast():
             probs = model(**batch).logits.float().softmax(-1)
         scores, ids = probs.max(-1)
         for j, i in enumerate(idx):
@@ -136,4 +163,4 @@ def predict_records(tuner: FineTuner, records: list[dict[str, Any]], batch_size:
     return out
 
 
-__all__ = ["evaluate_model", "predict_records", "IGNORE_INDEX"]
+__all__ = ["EvalSetup", "IGNORE_INDEX", "check_suite", "evaluate_model", "predict_records"]

@@ -14,32 +14,44 @@ import torch
 
 from ..data.collate import LengthGroupedBatches, to_device
 from ..data.preprocessor import Preprocessor
+from ..events import Callback, CallbackList, TrainState
+from ..metrics.suite import suite_for_task
+from ..regularizers.weight_decay import configured_weight_decay
 from ..tasks import Task, get_task
 from .args import TrainingArgs
 from .callbacks import ProgressBar
+from .checkpoint import check_finite_model
 from .compiling import check_compile, compile_failure, for_training
 from .cpu_paths import CpuPaths
 from .distributed import DistributedContext, main_first
-from .evaluation import evaluate_model, predict_records
-from .events import Callback, CallbackList, TrainState
+from .evaluation import EvalSetup, evaluate_model, predict_records
 from .guards import (
     DeviceFiniteGuard,
-    NonFiniteLossError,
     OutOfMemoryError,
     StopSignals,
+    deferred_nonfinite,
+    gradient_norm,
     is_out_of_memory,
-    nonfinite_message,
+    step_is_finite,
 )
-from .loading import as_records, check_token_ids, labels_from_model, load_model, load_tokenizer, max_positions
+from .loading import (
+    as_records,
+    check_overlap,
+    check_token_ids,
+    labels_from_model,
+    load_model,
+    load_tokenizer,
+    max_positions,
+)
 from .loggers import make_loggers
-from .memory import reuse_cpu_memory
 from .optim import Schedule, add_parameter_groups, build_optimizer, clip_gradients, parameter_groups
 from .precision import resolve_precision
 from .resume import fingerprint as run_fingerprint
 from .resume import restore, write_checkpoint
 from .rundir import check_output_dir, prepare_output_dir
+from .runlock import holds_run_lock
 
-log = logging.getLogger("finetune_lib")
+log = logging.getLogger(__name__)
 
 
 class FineTuner:
@@ -62,6 +74,9 @@ class FineTuner:
         progress: show progress bars (None: only in a terminal or Jupyter).
         loggers: where logged records go (with an output_dir): "jsonl", "csv", "tensorboard", "live"
             (a plot that updates in Jupyter), or your own `Callback` objects.
+        optimizer: your optimizer, as a factory taking the parameter groups (each with its `params`,
+            `lr` and `weight_decay`) and returning a `torch.optim.Optimizer`, e.g.
+            ``lambda groups: torch.optim.SGD(groups, momentum=0.9)``; default: AdamW (fused).
         **settings: the fields of `TrainingArgs` (epochs, batch_size, learning_rate, ...).
 
     Example:
@@ -75,20 +90,16 @@ class FineTuner:
                  preprocessor: Preprocessor | None = None, freezer: Any = None,
                  regularizers: Sequence[Callback] = (), metrics: Any = None, callbacks: Sequence[Callback] = (),
                  output_dir: str | Path | None = None, overwrite: bool = False, device: str | None = None,
-                 progress: bool | None = None, loggers: Sequence[str | Callback] = ("jsonl",), **settings: Any):
-        unknown = set(settings) - set(TrainingArgs.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"Unknown FineTuner setting(s) {sorted(unknown)}. Known: "
-                            f"{', '.join(TrainingArgs.__dataclass_fields__)}.")
-        self.args = TrainingArgs(**settings)
-        self.args.validate()
+                 progress: bool | None = None, loggers: Sequence[str | Callback] = ("jsonl",),
+                 optimizer: Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None = None, **settings: Any):
+        self.args = TrainingArgs.from_settings(settings)  # unknown or removed names refused, values checked
         self.task: Task = get_task(task)
         self.model_source = model
         self.tokenizer_source = tokenizer
         self.preprocessor = preprocessor if preprocessor is not None else Preprocessor()
         self.freezer = freezer
         self.regularizers = list(regularizers)
-        self.metrics = metrics
+        self.metrics = suite_for_task(metrics, self.task.name)  # the default, or checked against the task now
         self.user_callbacks = list(callbacks)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.overwrite = overwrite
@@ -110,7 +121,11 @@ class FineTuner:
         self.last_results: dict[str, float] | None = None  # the last evaluate() results, for the model card
         self.last_confidence: float | None = None
         self.last_artifacts: dict[str, Any] = {}
-        self.weight_decay = self.args.weight_decay
+        self.weight_decay = configured_weight_decay(self.regularizers)  # WeightDecay(...) is the one way to set it
+        if optimizer is not None and not callable(optimizer):
+            raise TypeError("optimizer must be a factory: a callable taking the parameter groups and returning an "
+                            f"optimizer, e.g. lambda groups: torch.optim.SGD(groups, momentum=0.9); got {optimizer!r}.")
+        self.optimizer_factory = optimizer
         self.model: torch.nn.Module | None = None
         self._train_model: torch.nn.Module | None = None  # the model, or its DDP wrapper during fit
         self.tokenizer: Any = None
@@ -121,6 +136,7 @@ class FineTuner:
         self._seed_everything(self.args.seed)  # also makes a freshly initialized head reproducible
 
     # ---- public API -------------------------------------------------------------------------------
+    @holds_run_lock  # one run at a time in output_dir: an OS lock until fit returns or raises (rank 0)
     def fit(self, train: Any, validation: Any = None, resume: bool | str = False,
             allow_config_change: bool = False) -> list[dict[str, Any]]:
         """Train on `train`, evaluating on `validation`; returns `history`.
@@ -136,6 +152,7 @@ class FineTuner:
         # 1. check the data and the run folder before anything is loaded or written
         train_records = as_records(train, "train", self.task.name)
         val_records = as_records(validation, "validation", self.task.name) if validation is not None else None
+        check_overlap(train_records, val_records)  # a warning when validation repeats training texts
         resume_from = check_output_dir(self.output_dir, resume, self.overwrite)
         if self.data_summary is None:
             from ..data.report import build_report
@@ -158,27 +175,32 @@ class FineTuner:
         steps_per_epoch = -(-len(batches) // args.gradient_accumulation)
         max_steps = args.max_steps or max(1, int(round(steps_per_epoch * args.epochs)))
         # 4. the run folder (refuses to mix runs), callbacks, optimizer and schedule
-        fingerprint = run_fingerprint(self)
+        fingerprint = run_fingerprint(self.model_source, model, self.task.name, pre, args, self.freezer)
         with main_first(self.dist):
             if self.dist.is_main:
                 prepare_output_dir(self.output_dir, resume_from is not None, self.overwrite, fingerprint)
-        state = self.state = TrainState(tuner=self, model=model, max_steps=max_steps)
+        state = self.state = TrainState(
+            model=model, args=args, task=self.task, tokenizer=self.tokenizer, output_dir=self.output_dir,
+            is_main_process=self.dist.is_main, history=self.history, max_steps=max_steps,
+            weight_decay=self.weight_decay, parameter_adder=self.add_trainable_parameters)
         state.extra["batches_per_epoch"] = len(batches)
-        events = CallbackList(self._callbacks())
-        events.emit("setup", state)
+        events = CallbackList(self._callbacks(state))
+        events.emit("setup", state)  # plugins set weight decay and label smoothing here, through the state
+        self.weight_decay, self.task.label_smoothing = state.weight_decay, state.label_smoothing
         if self.freezer is not None:
             self.freezer.apply(model)
         model.train()
         # torch.compile(model) with compile=True (same parameters), then DDP over the trainable ones, or FSDP
         self._train_model = self.dist.wrap(for_training(model, args.compile), self.device)
         groups = parameter_groups(model, args.learning_rate, self.weight_decay, self._lr_scale())
-        self.optimizer = state.optimizer = build_optimizer(groups, args.learning_rate, self.device)
+        self.optimizer = state.optimizer = build_optimizer(groups, args.learning_rate, self.device,
+                                                           self.optimizer_factory)
         warmup = args.warmup_steps or int(args.warmup_ratio * max_steps)
         self.schedule = state.scheduler = Schedule(self.optimizer, args.schedule, warmup, max_steps)
         scaler = self.precision.scaler()
         # 5. resume: weights, callbacks (they may add parameter groups), optimizer, RNG, data position
         if resume_from is not None:
-            restore(self, resume_from, state, events, scaler, fingerprint, allow_config_change)
+            restore(state, resume_from, events, scaler, fingerprint, allow_config_change, self.dist)
         packed = getattr(pre.stats.get("train"), "packed_rows", None) is not None
         log.info("training %d steps (%d per epoch), %d %s, micro-batch %d x %d", max_steps, steps_per_epoch,
                  len(train_features), "packed rows" if packed else "examples", micro, args.gradient_accumulation)
@@ -188,7 +210,7 @@ class FineTuner:
         guard = (DeviceFiniteGuard(self.device) if self._device_guard and not scaler
                  and DeviceFiniteGuard.usable(self.optimizer) else None)
         params = list(model.parameters())  # for clipping: the model's order, listed once (a per-step walk costs ~1%)
-        # on a CPU: reused embedding gradients, frozen weights cast once, fast dropout masks (cpu_paths.py)
+        # on a CPU: frozen weights cast once; with cpu_speedups the techniques of finetune_lib.speedups (cpu_paths.py)
         with StopSignals() as signals, self._cpu.fit(model, self.precision.dtype, self.dist.enabled):
             while state.step < max_steps and not state.should_stop:
                 order = batches.epoch(state.epoch)
@@ -210,12 +232,15 @@ class FineTuner:
                         # in the model's parameter order, whatever the optimizer's grouping
                         grad_norm = clip_gradients(params, args.max_grad_norm,
                                                    skip_when_within=self._host_reads_free)
+                    elif not scaler:  # no clipping: the norm still tells a NaN/inf gradient (fp16: the scaler does)
+                        grad_norm = gradient_norm(params)
                     # 8. a NaN/inf loss stops (or skips) the step before the weights change; on CUDA
                     # the fused kernel skips it on the device, and the count is read at log steps
                     if guard is not None:
                         running_loss += torch.where(guard.mark(self.optimizer, self.dist.sum(window_loss), grad_norm),
                                                     window_loss, 0.0)
-                    elif not scaler and not self._finite(self.dist.sum(window_loss), grad_norm, state, window):
+                    elif not scaler and not step_is_finite(self.dist.sum(window_loss), grad_norm, state, window,
+                                                           args.on_nonfinite, model, self.optimizer):
                         state.batch_in_epoch += len(window)
                         continue
                     else:
@@ -234,7 +259,8 @@ class FineTuner:
                     events.emit("batch_end", state)
                     # 9. log (the only place the loss is read back to the host), evaluate, checkpoint
                     if state.step % args.log_every == 0 or state.step == max_steps:
-                        good = running_windows - (self._deferred_nonfinite(guard, state, running_windows) if guard else 0)
+                        good = running_windows - (deferred_nonfinite(guard, state, running_windows, args.on_nonfinite)
+                                                       if guard else 0)
                         self._log(state, events, {"train/loss": (self.dist.sum(running_loss) / self.dist.world_size
                                                                   / max(good, 1)).item(),
                                                   "train/lr": self.optimizer.param_groups[0]["lr"],
@@ -247,9 +273,9 @@ class FineTuner:
                     if val_features and isinstance(args.eval_every, int) and state.step % args.eval_every == 0:
                         self._evaluate_during_fit(state, events, val_records, val_features)
                     if isinstance(args.save_every, int) and state.step % args.save_every == 0:
-                        write_checkpoint(self, state, events, scaler, fingerprint)
+                        write_checkpoint(state, events, scaler, fingerprint, self.dist)
                     if signals.received is not None:  # SIGTERM/SIGINT: this step is done; save and stop
-                        write_checkpoint(self, state, events, scaler, fingerprint)
+                        write_checkpoint(state, events, scaler, fingerprint, self.dist)
                         signals.raise_stop(state.extra.get("last_checkpoint"))
                     if state.should_stop or state.step >= max_steps:
                         break
@@ -258,12 +284,12 @@ class FineTuner:
                 if epoch_done and val_features and args.eval_every == "epoch":
                     self._evaluate_during_fit(state, events, val_records, val_features)
                 if (epoch_done or state.step >= max_steps or state.should_stop) and args.save_every == "epoch":
-                    write_checkpoint(self, state, events, scaler, fingerprint)
+                    write_checkpoint(state, events, scaler, fingerprint, self.dist)
                 if epoch_done:
                     events.emit("epoch_end", state)
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         if guard is not None and running_windows:  # stopped between log steps (e.g. early stopping)
-            self._deferred_nonfinite(guard, state, running_windows)
+            deferred_nonfinite(guard, state, running_windows, args.on_nonfinite)
         events.emit("fit_end", state)
         model.eval()
         return self.history
@@ -275,8 +301,10 @@ class FineTuner:
         self._setup(records)
         features = self.preprocessor.encode(records, "evaluation")
         check_token_ids(features, self.model, "evaluation")
-        with self.dist.unsharded(self.model):  # FSDP: every process holds the full weights while evaluating
-            results = evaluate_model(self, records, features, slices=slices, confidence=confidence, batch_size=batch_size)
+        # FSDP: every process holds the full weights while evaluating; cpu_speedups: freed memory kept meanwhile
+        with self.dist.unsharded(self.model), self._cpu.memory():
+            results = evaluate_model(self._eval_setup(), records, features, slices=slices, confidence=confidence,
+                                     batch_size=batch_size)
         self.last_results, self.last_confidence = dict(results), confidence
         self.last_artifacts = dict(getattr(self.metrics, "last_artifacts", {}))  # e.g. a confusion matrix
         return results
@@ -289,8 +317,8 @@ class FineTuner:
         key = "text" if self.task.name == "classification" else "prompt"
         records = [dict(t) if isinstance(t, Mapping) else {key: t} for t in texts]
         self._setup(None)
-        with self.dist.unsharded(self.model):
-            return predict_records(self, records, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        with self.dist.unsharded(self.model), self._cpu.memory():
+            return predict_records(self._eval_setup(), records, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
     def save(self, path: str | Path) -> Path:
         """Write the model, tokenizer and label names to `path`, loadable by transformers' Auto classes
@@ -302,6 +330,7 @@ class FineTuner:
         path = Path(path)
         weights = self.dist.full_state_dict(self.model)  # FSDP: gathered by every process, for rank 0
         if self.dist.is_main:  # one writer under torchrun
+            check_finite_model(weights if weights is not None else self.model.state_dict(), path)  # never NaN weights
             path.mkdir(parents=True, exist_ok=True)
             self.model.save_pretrained(path, state_dict=weights)
             self.tokenizer.save_pretrained(path)
@@ -382,49 +411,8 @@ class FineTuner:
                 log.warning("out of memory at step %d: micro-batches of %d examples split in two (%d per step, "
                             "same effective batch)", state.step + 1, largest, len(pieces) * 2)
 
-    def _deferred_nonfinite(self, guard: DeviceFiniteGuard, state: TrainState, windows: int) -> int:
-        """Read the device-side count of non-finite steps since the last log; stop or count them."""
-        bad = guard.read()
-        if not bad:
-            state.extra["skipped_in_a_row"] = 0
-            return 0
-        message = (f"{bad} of the last {windows} steps (up to step {state.step}, epoch {state.epoch}) had a non-finite "
-                   "loss or gradient norm; their updates were skipped on the device, so the weights hold no "
-                   "non-finite update. Lower the learning rate, use precision='bf16' instead of 'fp16', set "
-                   "max_grad_norm, log every step (log_every=1) to find the step, or pass on_nonfinite='skip'.")
-        self._stop_or_skip(state, message, bad, streak_continues=bad == windows)
-        return bad
-
-    def _stop_or_skip(self, state: TrainState, message: str, steps: int, streak_continues: bool) -> None:
-        """Raise for on_nonfinite="stop"; otherwise count `steps` skipped steps (and stop after 20 in a row)."""
-        if self.args.on_nonfinite == "stop":
-            raise NonFiniteLossError(message)
-        state.extra["skipped_steps"] = state.extra.get("skipped_steps", 0) + steps
-        streak = state.extra.get("skipped_in_a_row", 0) if streak_continues else 0
-        state.extra["skipped_in_a_row"] = streak + steps
-        if state.extra["skipped_in_a_row"] >= 20:
-            raise NonFiniteLossError(f"20 steps in a row were not finite; training is diverging, not glitching. {message}")
-        log.warning("skipped: %s", message)
-
-    def _finite(self, window_loss: torch.Tensor, grad_norm: torch.Tensor | None, state: TrainState,
-                window: list[list[int]]) -> bool:
-        """False when this step must be skipped; raises when it must stop. Syncs one scalar per step."""
-        bad = not bool(torch.isfinite(window_loss)) and "loss"
-        bad = bad or (grad_norm is not None and not bool(torch.isfinite(grad_norm)) and "gradient norm")
-        if not bad:
-            state.extra["skipped_in_a_row"] = 0
-            return True
-        self.optimizer.zero_grad(set_to_none=True)
-        examples = [i for idx in window for i in idx]
-        message = nonfinite_message(f"The {bad}", state.step, state.epoch, state.batch_in_epoch, examples,
-                                    state.extra.get("last_checkpoint"))
-        self._stop_or_skip(state, message, 1, streak_continues=True)
-        return False
-
     def _setup(self, records: list[dict[str, Any]] | None) -> None:
         """Load tokenizer and model once; learn labels from `records` (training data) when needed."""
-        if self._cpu.malloc_reuse:
-            reuse_cpu_memory()  # freed tensor memory is reused, not faulted in again every step
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.model_source, self.tokenizer_source)
         pre = self.preprocessor
@@ -455,11 +443,11 @@ class FineTuner:
             if getattr(self.model.config, "pad_token_id", None) is None:
                 self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
-    def _callbacks(self) -> list[Callback]:
+    def _callbacks(self, state: TrainState) -> list[Callback]:
         built: list[Callback] = []
         if self.freezer is not None:
             if hasattr(self.freezer, "bind"):
-                self.freezer.bind(self)
+                self.freezer.bind(state)  # gradual unfreezing hands new parameters to state.add_trainable_parameters
             if isinstance(self.freezer, Callback):
                 built.append(self.freezer)
         built += self.regularizers + self.user_callbacks
@@ -484,10 +472,18 @@ class FineTuner:
                              features: list[dict[str, Any]]) -> None:
         events.emit("eval_start", state)
         with self.dist.unsharded(self.model):
-            results = evaluate_model(self, records, features, events=events, state=state)
+            results = evaluate_model(self._eval_setup(), records, features, events=events, state=state)
         self.model.train()
         self._log(state, events, {f"validation/{k}": v for k, v in results.items()})
         events.emit("eval_end", state)
+
+    def _eval_setup(self) -> EvalSetup:
+        """The narrow inputs of evaluation and prediction."""
+        args = self.args
+        return EvalSetup(model=self.model, task=self.task, preprocessor=self.preprocessor, tokenizer=self.tokenizer,
+                         metrics=self.metrics, device=self.device, autocast=self.precision.autocast, dist=self.dist,
+                         batch_size=args.eval_batch_size or 2 * args.batch_size, max_new_tokens=args.max_new_tokens,
+                         generation_time_budget=args.generation_time_budget, seed=args.seed)
 
     @staticmethod
     def _seed_everything(seed: int) -> None:

@@ -15,8 +15,9 @@ weight and bias both do not require grad (trainable layers need the cast inside 
 plain `nn.Linear.forward`. Memory: 2 bytes per cached weight; layers are taken bottom-up until
 `max_bytes` (default 1 GiB) is reached, and the copies are freed when `fit` ends.
 
-Applied by `FineTuner` on a CPU with bf16 autocast (`cpu_memory_reuse`, the default, turns it on
-with the other CPU memory fast paths); the patch is an instance attribute removed when `fit` ends.
+Applied by default by `FineTuner` on a CPU with bf16 autocast (not with `compile=True`): exact, and
+scoped to the run's own model. The patch is an instance attribute removed when `fit` ends; layers
+with a forward set on the instance (a hook's wrapper) are left alone.
 
 Example:
     >>> with cached_frozen_casts(model, torch.bfloat16) as n:   # n: frozen layers with a cached copy
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .patching import patched_forwards
+from ..speedups.patching import patched_forwards
 
 #: the most memory the low-precision copies may take
 MAX_BYTES = 1 << 30

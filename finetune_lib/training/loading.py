@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import numbers
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,8 @@ import torch
 from transformers import AutoTokenizer
 
 from ..tasks import Task
+
+log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = {"classification": ("text", "label"), "causal_lm": ("target",), "seq2seq": ("prompt", "target")}
 
@@ -47,7 +52,113 @@ def as_records(data: Any, split: str, task: str, need_labels: bool = True) -> li
             hint = ", ".join(f"{k}='<your column>'" for k in missing)
             raise ValueError(f"Record {i} of {split} has no {missing} field for task {task!r}; its keys are "
                              f"{sorted(r)}. Rename the columns, e.g. DatasetBuilder.from_records(data, {hint}).")
+    check_value_types(records, split, task, need_labels)
     return records
+
+
+def _describe(value: Any) -> str:
+    shown = repr(value)
+    return f"{type(value).__name__} {shown[:40]}{'...' if len(shown) > 40 else ''}"
+
+
+def _label_ok(value: Any) -> bool:
+    """A class name (str) or id (int, bool, or an integral float such as pandas' 1.0); never None or NaN."""
+    if isinstance(value, (str, bool, numbers.Integral)):
+        return True
+    return isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer()
+
+
+def check_value_types(records: list[dict[str, Any]], split: str, task: str, need_labels: bool = True) -> None:
+    """Every text the task reads is a string, and every label a class name or id, before any work.
+
+    `text`, `prompt` and `target` must be `str` (a `prompt` may also be None: no prompt); None, NaN
+    (pandas' missing value, or a bare `NaN` in a JSONL file), numbers and lists are refused, since
+    they would be trained on as the texts "None", "nan" or "[...]". A classification `label` must be a
+    str, an int or a bool (an integral float such as 1.0 passes as an id). The error names the
+    records (index in `split`) and the fix.
+    """
+    if task == "classification":
+        keys = ["text"]
+    elif task == "causal_lm" and "target" not in records[0]:
+        keys = ["text"]
+    else:
+        keys = ["prompt", "target"]
+    if not need_labels:
+        keys = [k for k in keys if k != "target"]
+    labels = task == "classification" and need_labels
+    bad_text: list[str] = []
+    bad_label: list[str] = []
+    bad_keys: dict[str, None] = {}
+    count = 0
+    for i, r in enumerate(records):
+        for key in keys:
+            value = r.get(key, "")
+            if isinstance(value, str) or (key == "prompt" and value is None):
+                continue
+            count += 1
+            bad_keys[key] = None
+            if len(bad_text) < 5:
+                bad_text.append(f"record {i}: {key} is {_describe(value)}")
+        if labels and "label" in r and not _label_ok(r["label"]):
+            count += 1
+            if len(bad_label) < 5:
+                bad_label.append(f"record {i}: label is {_describe(r['label'])}")
+    if not count:
+        return
+    fixes = []
+    if bad_text:
+        fixes.append(f"A {' or '.join(bad_keys)} must be a string, or it is trained on as the text 'None', 'nan' or "
+                     "'[...]': drop or fill these records (DatasetBuilder.from_records(...) drops empty ones and "
+                     "counts them), or convert them on purpose with str().")
+    if bad_label:
+        fixes.append("A label must be a class name (str) or id (int): missing (None, NaN), multi-label and "
+                     "regression (non-integral) labels are not supported; drop or fix these records.")
+    shown = "; ".join(bad_text + bad_label) + (" ..." if count > len(bad_text) + len(bad_label) else "")
+    raise ValueError(f"{count} value(s) of the {split} data have the wrong type for task {task!r}: {shown}. "
+                     + " ".join(fixes))
+
+
+# above this many characters in all, only exact matches are looked for (normalizing costs ~0.1 s per million)
+OVERLAP_NORMALIZE_LIMIT = 20_000_000
+
+
+def check_overlap(train: list[dict[str, Any]], validation: list[dict[str, Any]] | None,
+                  normalize_limit: int = OVERLAP_NORMALIZE_LIMIT) -> dict[str, Any]:
+    """Warn when validation records repeat training texts, which makes validation scores optimistic.
+
+    Compares each record's content key (`text`, or `prompt` and `target`: the key that
+    `DatasetBuilder.deduplicate()` and `Splits.leakage()` use) exactly, through a hash set, and after
+    the same normalization as `Splits.leakage()` (case, punctuation, whitespace) unless the data
+    holds more than `normalize_limit` characters. Returns the counts in `Splits.leakage()`'s form,
+    ``{"train/validation": {"exact": 3, "normalized": 1, "near": 0, "examples": [...]}}`` (empty
+    without validation data); logs one warning when some are shared.
+    """
+    from ..data.dedup import normalize_for_dedup
+    from ..data.records import record_key
+
+    if not validation:
+        return {}
+    train_keys = {record_key(r) for r in train}
+    val_keys = [record_key(r) for r in validation]
+    exact = [i for i, k in enumerate(val_keys) if k in train_keys]
+    normalized: list[int] = []
+    checked_normalized = sum(map(len, train_keys)) + sum(map(len, val_keys)) <= normalize_limit
+    if checked_normalized:
+        train_norm = {normalize_for_dedup(k) for k in train_keys}
+        shared = set(exact)
+        normalized = [i for i, k in enumerate(val_keys) if i not in shared and normalize_for_dedup(k) in train_norm]
+    found = sorted(exact + normalized)
+    examples = [val_keys[i] for i in found[:3]]
+    pair: dict[str, Any] = {"exact": len(exact), "normalized": len(normalized), "near": 0, "examples": examples}
+    if found:
+        kinds = f"{len(exact)} exact" + (f", {len(normalized)} after normalizing case, punctuation and whitespace"
+                                         if checked_normalized else "; only exact matches were looked for")
+        log.warning("%d of the %d validation records (%.1f%%) share their text with the training data (%s), e.g. %s: "
+                    "validation scores will be optimistic. Remove them with splits.remove_leakage() (see "
+                    "splits.leakage()), or call DatasetBuilder.deduplicate() before split().",
+                    len(found), len(validation), 100 * len(found) / len(validation), kinds,
+                    [k[:60] for k in examples])
+    return {"train/validation": pair}
 
 
 def max_positions(config: Any) -> int | None:

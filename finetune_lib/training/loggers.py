@@ -28,12 +28,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..events import Callback, TrainState
 from .callbacks import JSONLLogger
-from .events import Callback, TrainState
 
 __all__ = ["CSVLogger", "JSONLLogger", "LOGGERS", "LivePlot", "TensorBoardLogger", "make_loggers"]
 
-log = logging.getLogger("finetune_lib")
+log = logging.getLogger(__name__)
 
 FIRST_COLUMNS = ("step", "epoch")
 
@@ -43,10 +43,10 @@ LOGGERS = {"jsonl": "log.jsonl", "csv": "log.csv", "tensorboard": "tensorboard",
 
 def is_main_process(state: Any = None) -> bool:
     """False on the processes other than rank 0 under torch.distributed (they log nothing): the
-    FineTuner's own view (``tuner.dist.is_main``) when it has one, else torch.distributed's rank."""
-    dist_ctx = getattr(getattr(state, "tuner", None), "dist", None)
-    if dist_ctx is not None and hasattr(dist_ctx, "is_main"):
-        return bool(dist_ctx.is_main)
+    run's own view (``state.is_main_process``) when there is one, else torch.distributed's rank."""
+    main = getattr(state, "is_main_process", None)
+    if main is not None:
+        return bool(main)
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -101,7 +101,7 @@ class CSVLogger(Callback):
 
     def on_fit_start(self, state: TrainState) -> None:
         if is_main_process(state):
-            self.rewrite(state.tuner.history)
+            self.rewrite(state.history)
 
     def on_log(self, state: TrainState) -> None:
         if is_main_process(state):
@@ -183,7 +183,7 @@ class TensorBoardLogger(Callback):
         purge = state.step + 1 if state.step > 0 else None
         self.writer = self._writer_class(log_dir=str(self.log_dir), flush_secs=self.flush_secs, purge_step=purge)
         if purge is None:
-            table = "\n".join(f"| {k} | {v} |" for k, v in vars(state.tuner.args).items())
+            table = "\n".join(f"| {k} | {v} |" for k, v in vars(state.args).items())
             self.writer.add_text("settings", "| setting | value |\n|---|---|\n" + table, 0)
 
     def on_log(self, state: TrainState) -> None:
@@ -225,18 +225,20 @@ def in_notebook() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def _ipython_display() -> tuple[Any, Any, Any]:
-    """IPython's `display`, `clear_output` and `Image`."""
-    from IPython.display import Image, clear_output, display  # type: ignore[import-not-found]
+def _ipython_display() -> tuple[Any, Any]:
+    """IPython's `display` and `Image`."""
+    from IPython.display import Image, display  # type: ignore[import-not-found]
 
-    return display, clear_output, Image
+    return display, Image
 
 
 class LivePlot(Callback):
     """Redraws the loss and validation-metric curves in a Jupyter notebook while training runs.
 
-    Every `every` logged records (and once at the end of `fit`) the cell's output is cleared and the
-    figure of `finetune_lib.reporting.plot_history` is shown again. Outside Jupyter it does nothing
+    Every `every` logged records (and once at the end of `fit`) the figure of
+    `finetune_lib.reporting.plot_history` is redrawn in place: the first drawing of a `fit` is shown
+    with a display handle (``display(..., display_id=True)``) and later ones update only that output
+    (``handle.update(...)``), so the progress bar and anything else the cell printed stay. Outside Jupyter it does nothing
     (it says so once, at the info level); save the curves after training with
     ``plot_history(tuner.history, "curves.png")`` instead.
 
@@ -265,6 +267,7 @@ class LivePlot(Callback):
         self.draws = 0
         self._logs = 0
         self._told = False
+        self._handle: Any = None  # the display handle of this fit's figure
 
     def on_fit_start(self, state: TrainState) -> None:
         self.active = in_notebook() and is_main_process(state)
@@ -278,20 +281,21 @@ class LivePlot(Callback):
 
         require_matplotlib()
         self._logs = 0
+        self._handle = None  # each fit draws its own figure, below what the cell printed so far
 
     def on_log(self, state: TrainState) -> None:
         if not self.active:
             return
         self._logs += 1
         if self._logs % self.every == 0:
-            self.draw(state.tuner.history)
+            self.draw(state.history)
 
     def on_fit_end(self, state: TrainState) -> None:
         if self.active and self._logs % self.every != 0:
-            self.draw(state.tuner.history)
+            self.draw(state.history)
 
     def draw(self, history: Sequence[Mapping[str, Any]]) -> None:
-        """Clear the cell's output and show the current curves (a PNG, whatever the backend)."""
+        """Show the current curves (a PNG, whatever the backend) in this fit's output, in place."""
         import io
 
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -301,14 +305,17 @@ class LivePlot(Callback):
 
         if not any(_has_number(r) for r in history):
             return
-        display, clear_output, image = _ipython_display()
+        display, image = _ipython_display()
         figure = Figure(figsize=self.figsize, layout="constrained")
         draw_history(figure, history, self.metrics)
         FigureCanvasAgg(figure)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=90)
-        clear_output(wait=True)
-        display(image(data=buffer.getvalue(), format="png"))
+        picture = image(data=buffer.getvalue(), format="png")
+        if self._handle is None:
+            self._handle = display(picture, display_id=True)
+        else:
+            self._handle.update(picture)
         self.draws += 1
 
 

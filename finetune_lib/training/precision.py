@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger("finetune_lib")
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from .checkpoint import clean_stale, incomplete_checkpoints, list_checkpoints, missing_files
 
-log = logging.getLogger("finetune_lib")
+log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"

@@ -152,6 +152,46 @@ def test_hf_dataset_duck_typed():
         DatasetBuilder.from_hf(FakeDict())
 
 
+def test_hf_class_labels_come_in_as_names():
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({
+        "sentence": datasets.Value("string"),
+        "label": datasets.ClassLabel(names=["positive", "negative", "neutral"]),  # not in sorted order
+        "tags": datasets.Sequence(datasets.ClassLabel(names=["battery", "screen"])),
+    })
+    ds = datasets.Dataset.from_dict({"sentence": ["good", "bad", "meh", "?"], "label": [0, 1, 2, -1],
+                                     "tags": [[0, 1], [1], [], [0]]}, features=features)
+    b = DatasetBuilder.from_hf(ds, text="sentence")
+    assert list(b) == [{"text": "good", "label": "positive", "tags": ["battery", "screen"]},
+                       {"text": "bad", "label": "negative", "tags": ["screen"]},
+                       {"text": "meh", "label": "neutral", "tags": []}]
+    assert b.dropped == {"empty_label": 1}  # -1 is datasets' "no label"
+    from finetune_lib.data.loaders import class_label_names
+
+    assert class_label_names(ds) == {"label": ["positive", "negative", "neutral"], "tags": ["battery", "screen"]}
+
+
+def test_hf_class_labels_reach_predict_as_names():
+    datasets = pytest.importorskip("datasets")
+    from finetune_lib import FineTuner, Preprocessor
+    from finetune_lib.testing import tiny_model, tiny_tokenizer
+
+    from ..training.helpers import classification_records
+
+    records = classification_records(16)
+    names = ["positive", "negative"]
+    ds = datasets.Dataset.from_dict(
+        {"text": [r["text"] for r in records], "label": [names.index(r["label"]) for r in records]},
+        features=datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}))
+    tok = tiny_tokenizer(kind="encoder")
+    tuner = FineTuner(tiny_model("bert", "classification", vocab_size=len(tok)), "classification", tokenizer=tok,
+                      preprocessor=Preprocessor(labels=ds.features["label"].names), max_steps=1, batch_size=8,
+                      progress=False, loggers=())
+    tuner.fit(list(DatasetBuilder.from_hf(ds)))
+    assert tuner.model.config.id2label == {0: "positive", 1: "negative"}  # the data set's own id order
+    assert {p["label"] for p in tuner.predict(["great value", "broken charger"])} <= set(names)
+
+
 # --------------------------------------------------------------------------- messy files
 
 

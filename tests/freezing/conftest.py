@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from finetune_lib.training.events import TrainState
+from finetune_lib.events import TrainState
 from finetune_lib.training.optim import add_parameter_groups, parameter_groups
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,7 +62,7 @@ class FakeTuner:
 def train(model, task: str, steps: int = 3, callbacks=(), tuner=None, lr: float = 1e-2):
     """Hand-written loop: AdamW over the trainable parameters, `steps` optimizer steps."""
     tuner = tuner or FakeTuner(model, lr=lr)
-    state = TrainState(tuner=tuner, model=model, optimizer=tuner.optimizer)
+    state = TrainState(parameter_adder=tuner.add_trainable_parameters, model=model, optimizer=tuner.optimizer)
     model.train()
     for step in range(steps):
         state.batch = make_batch(task, seed=step)

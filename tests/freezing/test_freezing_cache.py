@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from finetune_lib import Callback, FineTuner, LayerFreezer
+from finetune_lib.freezing import find_parts
 from finetune_lib.freezing.cache import PrefixCache
 from finetune_lib.testing import sample_texts, tiny_model, tiny_tokenizer, tokenizer_kind
 
@@ -56,7 +57,7 @@ class CountPrefix(Callback):
         monkeypatch.setattr(torch.nn.functional, "embedding", embedding)
 
     def on_fit_start(self, state):
-        parts = state.tuner.freezer.parts
+        parts = find_parts(state.model)  # the same blocks the freezer found
         for i, blk in enumerate(parts.blocks):
             leaves = [m for m in blk.module.modules() if not list(m.children()) and list(m.parameters(False))]
             counts = self.blocks if i < self.frozen_blocks else self.top

@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
+from finetune_lib.events import TrainState
 from finetune_lib.freezing import LayerFreezer
 from finetune_lib.testing import tiny_model
-from finetune_lib.training.events import TrainState
 
 
 def _block_names(model, i):
@@ -33,7 +33,7 @@ def test_unfreeze_every_k_steps_adds_blocks_top_down(helpers):
     seen = {}
     for step in range(1, 9):
         helpers.train(model, "classification", steps=1, tuner=tuner, callbacks=[])
-        state = TrainState(tuner=tuner, model=model, optimizer=tuner.optimizer, step=step)
+        state = TrainState(parameter_adder=tuner.add_trainable_parameters, model=model, optimizer=tuner.optimizer, step=step)
         freezer.on_optimizer_step(state)
         freezer.on_batch_end(state)  # idempotent: the same step never unfreezes twice
         seen[step] = len(tuner.added)
@@ -56,8 +56,8 @@ def test_unfreeze_every_k_epochs(helpers):
     tuner = helpers.FakeTuner(model, freezer)
     counts = []
     for epoch in range(4):
-        freezer.on_epoch_start(TrainState(tuner=tuner, model=model, epoch=epoch))
-        freezer.on_optimizer_step(TrainState(tuner=tuner, model=model, epoch=epoch, step=100))  # ignored
+        freezer.on_epoch_start(TrainState(parameter_adder=tuner.add_trainable_parameters, model=model, epoch=epoch))
+        freezer.on_optimizer_step(TrainState(parameter_adder=tuner.add_trainable_parameters, model=model, epoch=epoch, step=100))  # ignored
         counts.append(len(tuner.added))
     assert counts == [0, 1, 2, 2]
     assert freezer.unfrozen_blocks == [1, 0]
@@ -71,7 +71,7 @@ def test_state_dict_rebuilds_the_same_groups(helpers):
     tuner = helpers.FakeTuner(model, freezer)
     for step in (1, 2):
         helpers.train(model, "classification", steps=1, tuner=tuner)
-        freezer.on_optimizer_step(TrainState(tuner=tuner, model=model, step=step))
+        freezer.on_optimizer_step(TrainState(parameter_adder=tuner.add_trainable_parameters, model=model, step=step))
     helpers.train(model, "classification", steps=1, tuner=tuner)  # optimizer state for the new groups
     saved = json.loads(json.dumps(freezer.state_dict()))  # JSON-able
     assert saved["unfrozen_blocks"] == [2, 1]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from finetune_lib.events import TrainState
 from finetune_lib.regularizers import (
     Dropout,
     LabelSmoothing,
@@ -19,19 +20,20 @@ from finetune_lib.regularizers import (
     reinit_top_blocks,
 )
 from finetune_lib.testing import tiny_model
-from finetune_lib.training.events import TrainState
 
 ARCH_TASKS = [("gpt2", "causal_lm"), ("gpt2", "classification"), ("llama", "causal_lm"),
               ("llama", "classification"), ("bert", "classification"), ("t5", "seq2seq"), ("t5", "classification")]
 
 
-def test_weight_decay_and_label_smoothing_set_tuner_fields(helpers):
-    tuner = helpers.fake_tuner()
-    state = TrainState(tuner=tuner, model=nn.Linear(2, 2))
+def test_weight_decay_and_label_smoothing_set_state_fields():
+    state = TrainState(model=nn.Linear(2, 2))
     WeightDecay(0.05).on_setup(state)
     LabelSmoothing(0.1).on_setup(state)
-    assert tuner.weight_decay == 0.05
-    assert tuner.task.label_smoothing == 0.1
+    assert state.weight_decay == 0.05
+    assert state.label_smoothing == 0.1
+    state.optimizer = torch.optim.SGD(state.model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="on_setup"):  # too late once the optimizer exists
+        WeightDecay(0.1).on_setup(state)
     with pytest.raises(ValueError, match="eps"):
         LabelSmoothing(1.0)
     with pytest.raises(ValueError, match=">= 0"):
@@ -43,7 +45,7 @@ def test_base_adds_penalty_and_names(helpers):
         def penalty(self, state):
             return torch.tensor(2.0)
 
-    state = TrainState(tuner=helpers.fake_tuner(), model=nn.Linear(2, 2), loss=torch.tensor(1.0))
+    state = TrainState(model=nn.Linear(2, 2), loss=torch.tensor(1.0))
     MyPenalty().on_loss_computed(state)
     assert state.loss.item() == 3.0
     assert state.penalties == {"my_penalty": torch.tensor(2.0)}
@@ -55,11 +57,11 @@ def test_base_adds_penalty_and_names(helpers):
 def test_micro_batch_share():
     model = tiny_model("gpt2", "causal_lm")
     labels = torch.tensor([[-100, 5, 6, 7], [-100, -100, 8, -100]])  # shifted targets: 3 + 1
-    state = TrainState(tuner=None, model=model, batch={"labels": labels}, num_targets=8)
+    state = TrainState(model=model, batch={"labels": labels}, num_targets=8)
     assert micro_batch_share(state) == 0.5
     state.num_targets = 0
     assert micro_batch_share(state) == 1.0
-    state = TrainState(tuner=None, model=model, batch={"labels": torch.tensor([0, 1, 1])}, num_targets=12)
+    state = TrainState(model=model, batch={"labels": torch.tensor([0, 1, 1])}, num_targets=12)
     assert micro_batch_share(state) == 0.25
 
 
@@ -83,7 +85,7 @@ def test_dropout_reaches_every_dropout(arch, task, helpers):
     modules = _dropout_modules(model)
     assert len(modules) == DROPOUT_COUNTS[(arch, task)]
     reg = Dropout(0.3, attention=0.2, classifier=0.4)
-    reg.on_setup(TrainState(tuner=helpers.fake_tuner(model), model=model))
+    reg.on_setup(TrainState(model=model))
     report = reg.report
     assert set(report.modules) == set(modules)  # every nn.Dropout counted and set
     for name, module in modules.items():
@@ -117,11 +119,11 @@ def test_dropout_zero_makes_training_mode_deterministic(arch, task, helpers):
     model = tiny_model(arch, task)
     batch = helpers.make_batch(task)
     model.train()
-    Dropout(0.0).on_setup(TrainState(tuner=None, model=model))
+    Dropout(0.0).on_setup(TrainState(model=model))
     with torch.no_grad():
         a, b = model(**batch).logits, model(**batch).logits
     assert torch.equal(a, b)
-    Dropout(0.5).on_setup(TrainState(tuner=None, model=model))
+    Dropout(0.5).on_setup(TrainState(model=model))
     with torch.no_grad():
         a, b = model(**batch).logits, model(**batch).logits
     assert not torch.equal(a, b)
@@ -143,7 +145,7 @@ def test_reinit_top_blocks_changes_exactly_the_top_k(arch, task, top, helpers):
     model = _perturbed(tiny_model(arch, task))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     reg = ReinitTopBlocks(2)
-    reg.on_setup(TrainState(tuner=helpers.fake_tuner(model), model=model))
+    reg.on_setup(TrainState(model=model))
     assert reg.reinitialized == [t.rstrip(".") for t in top]
     for name, param in model.named_parameters():
         if name.startswith(tuple(top)):
@@ -323,7 +325,7 @@ def test_dropout_reaches_every_dropout_of_minilm_roberta_distilbert(name, helper
     modules = _dropout_modules(model)
     assert len(modules) == count
     reg = Dropout(0.3, attention=0.2, classifier=0.4)
-    reg.on_setup(TrainState(tuner=helpers.fake_tuner(model), model=model))
+    reg.on_setup(TrainState(model=model))
     assert set(reg.report.modules) == set(modules)
     assert {k: reg.report.modules[k] for k in kinds} == kinds
     for path, module in modules.items():
@@ -333,9 +335,9 @@ def test_dropout_reaches_every_dropout_of_minilm_roberta_distilbert(name, helper
     # nothing missed: with every dropout at 0, two training-mode forwards agree; at 0.5 they differ
     batch = {k: v for k, v in helpers.make_batch("classification").items() if k != "labels"}
     model.train()
-    Dropout(0.0).on_setup(TrainState(tuner=None, model=model))
+    Dropout(0.0).on_setup(TrainState(model=model))
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, model(**batch).logits)
-    Dropout(0.5).on_setup(TrainState(tuner=None, model=model))
+    Dropout(0.5).on_setup(TrainState(model=model))
     with torch.no_grad():
         assert not torch.equal(model(**batch).logits, model(**batch).logits)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from finetune_lib.events import TrainState
 from finetune_lib.freezing import freeze
 from finetune_lib.regularizers import (
     L2SP,
@@ -19,7 +20,6 @@ from finetune_lib.regularizers import (
     symmetric_kl,
 )
 from finetune_lib.testing import tiny_model
-from finetune_lib.training.events import TrainState
 
 
 def _step(model, state, optimizer, regs, batch):
@@ -39,7 +39,7 @@ def test_l2sp_zero_at_start_positive_after_steps(helpers):
     model = tiny_model("bert", "classification")
     freeze(model, train_last=1)
     reg = L2SP(alpha=0.1)
-    state = TrainState(tuner=helpers.fake_tuner(model), model=model)
+    state = TrainState(model=model)
     reg.on_fit_start(state)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert set(reg.state_dict()) == {"start/" + n for n in trainable}
@@ -67,7 +67,7 @@ def test_rdrop_positive_with_dropout_zero_without(helpers):
         model = tiny_model(arch, task)
         batch = helpers.make_batch(task)
         reg = RDrop(alpha=1.0)
-        state = TrainState(tuner=helpers.fake_tuner(model), model=model, batch=batch)
+        state = TrainState(model=model, batch=batch)
 
         set_dropout(model, 0.3)
         model.train()
@@ -96,7 +96,7 @@ def test_symmetric_kl_reference():
 
 
 def _feed(stopper, model, values, key="validation/loss"):
-    state = TrainState(tuner=None, model=model)
+    state = TrainState(model=model)
     stopped_at = None
     for i, value in enumerate(values):
         state.step = (i + 1) * 10
@@ -142,16 +142,16 @@ def test_early_stopping_max_mode_min_delta_and_missing_key():
     assert stopped_at == 3  # 0.72 and 0.74 are within min_delta of 0.7
     with pytest.raises(ValueError, match="available"):
         EarlyStopping(monitor="validation/f2").on_eval_end(
-            TrainState(tuner=None, model=model, record={"validation/f1": 0.3}))
+            TrainState(model=model, record={"validation/f1": 0.3}))
     EarlyStopping(monitor="validation/loss").on_eval_end(  # another split's results are ignored
-        TrainState(tuner=None, model=model, record={"test/loss": 0.3}))
+        TrainState(model=model, record={"test/loss": 0.3}))
     assert EarlyStopping(monitor="validation/perplexity").mode == "min"
 
 
 def test_early_stopping_tied_weights_saved_once():
     model = tiny_model("gpt2", "causal_lm")
     stopper = EarlyStopping(patience=1)
-    stopper.on_eval_end(TrainState(tuner=None, model=model, record={"validation/loss": 1.0}))
+    stopper.on_eval_end(TrainState(model=model, record={"validation/loss": 1.0}))
     saved = stopper.state_dict()
     tensors = [v for v in saved.values() if isinstance(v, torch.Tensor)]
     assert len({t.data_ptr() for t in tensors}) == len(tensors)  # no shared storage (safetensors-safe)
@@ -161,7 +161,7 @@ def test_early_stopping_tied_weights_saved_once():
 
 
 def _curves(monitor, train_losses, val_losses):
-    state = TrainState(tuner=None, model=torch.nn.Linear(1, 1))
+    state = TrainState(model=torch.nn.Linear(1, 1))
     fired = []
     for train_chunk, val in zip(train_losses, val_losses):
         for loss in train_chunk:
@@ -181,7 +181,7 @@ def test_overfitting_monitor_fires_on_planted_curves(caplog):
         state, fired = _curves(monitor, train, val)
     assert fired == [False, False, False, True, True]
     assert "overfitting" in state.extra["overfitting_warning"].lower()
-    assert len([r for r in caplog.records if r.name == "finetune_lib"]) == 1  # warned once per streak
+    assert len([r for r in caplog.records if r.name == "finetune_lib.regularizers.overfitting"]) == 1  # once per streak
 
     healthy = OverfittingMonitor(patience=2)
     _, fired = _curves(healthy, train, [1.5, 1.3, 1.2, 1.1, 1.0])
@@ -222,7 +222,7 @@ def test_progress_bar_shows_the_overfitting_warning():
 
     bar = ProgressBar(enabled=True)
     bar.bar = FakeBar()
-    state = TrainState(tuner=None, model=torch.nn.Linear(1, 1))
+    state = TrainState(model=torch.nn.Linear(1, 1))
     state.record = {"step": 4, "train/loss": 0.5, "train/lr": 1e-3}
     bar.on_log(state)
     assert bar.bar.postfixes[-1] == {"loss": "0.5"}  # no warning while none was raised

@@ -79,3 +79,17 @@ def test_flat_metric_curves_get_a_readable_axis():
     assert _metric_limits([0.2, 0.9]) == pytest.approx((0.165, 0.935))
     lo, hi = _metric_limits([35.0, 36.0])  # perplexity: not a fraction, not clipped to [0, 1]
     assert lo < 35.0 and hi > 36.0 and hi - lo >= 1.0
+
+
+def test_curves_are_marked_at_the_step_of_the_saved_weights(tmp_path):
+    from finetune_lib.reporting import RunInfo
+
+    run = RunInfo(task="classification", base_model="m", history=HISTORY, steps=8, weights_step=4)
+    figure = plot_history(run, tmp_path / "marked.png")
+    assert is_png(tmp_path / "marked.png")
+    for ax in figure.axes:
+        marks = [line for line in ax.lines if line.get_label() == "saved weights (step 4)"]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [4, 4]
+    plain = plot_history(HISTORY)  # a bare history: no mark unless asked
+    assert not any("saved weights" in line.get_label() for ax in plain.axes for line in ax.lines)
+    assert any("saved weights (step 6)" in line.get_label() for line in plot_history(HISTORY, mark_step=6).axes[0].lines)

@@ -45,7 +45,7 @@ def test_markdown_report_holds_metrics_intervals_and_sections(tmp_path, fitted):
                     "## Environment", "## Figures"):
         assert heading in text
     evals = [r for r in tuner.history if "validation/loss" in r]
-    assert len(re.findall(r"^\| \d+ \| [\d.]+ \| ", text, flags=re.M)) == len(evals)
+    assert len(re.findall(r"^\| \d+( \(saved weights\))? \| [\d.]+ \| ", text, flags=re.M)) == len(evals)
     assert "![Loss and metrics](curves.png)" in text and "![Confusion matrix](confusion_matrix.png)" in text
     assert "LayerFreezer(train_last=2)" in text and "| block 3 |" in text
     assert "negative:" in text and "positive:" in text  # label balance from the DataReport
@@ -77,13 +77,32 @@ def test_report_without_results_or_figures(tmp_path, fitted):
     assert "| split | examples | truncated to max_length |" in text  # ...the Preprocessor's counts
 
 
-def test_training_summary_mentions_early_stopping_and_restored_weights():
-    from types import SimpleNamespace
-
+def test_training_summary_says_what_early_stopping_did():
+    from finetune_lib.reporting import RunInfo
     from finetune_lib.reporting.sections import training_summary
 
-    stopper = SimpleNamespace(stopped_step=8, best_step=6, restore_best=True, monitor="validation/f1")
-    tuner = SimpleNamespace(history=[{"step": 8, "epoch": 2.0, "train/loss": 0.3}], regularizers=[stopper])
-    text = training_summary(tuner)
+    run = RunInfo(task="classification", base_model="m", steps=8, epochs=2.0, weights_step=6, stopped_early_at=8,
+                  early_stopping_monitor="validation/f1")
+    text = training_summary(run)
     assert text.startswith("8 optimizer steps (2 epochs)")
-    assert "ended training at step 8" in text and "weights of step 6 (best `validation/f1`)" in text
+    assert "early stopping ended training at step 8" in text
+    assert "the saved weights are those of step 6 (best `validation/f1`)" in text
+    run.stopped_early_at = None
+    assert "early stopping did not end training" in training_summary(run)
+    assert training_summary(RunInfo(task="classification", base_model="m")) == "not trained in this session"
+
+
+def test_report_of_an_early_stopped_run_tells_the_truth_without_local_paths(tmp_path, stopped):
+    pytest.importorskip("matplotlib")
+    from finetune_lib.reporting import plot_history
+
+    figure_dir = tmp_path / "figures"  # outside the report's folder: linked with "..", not by absolute path
+    plot_history(stopped, figure_dir / "curves.png")
+    path = write_report(stopped, None, tmp_path / "out" / "report.md", figures=[figure_dir / "curves.png"])
+    text = path.read_text()
+    assert "![curves](../figures/curves.png)" in text
+    assert "run folder: `es`" in text and str(tmp_path) not in text and str(stopped.output_dir) not in text
+    assert "base model: `tiny-bert`" in text
+    assert "early stopping ended training at step 8" in text and "| 4 (saved weights) |" in text
+    assert "| weight_decay | 0.01 |" in text
+    assert "weight decay 0.01 (not on biases and normalization weights)" in text

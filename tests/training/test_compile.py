@@ -72,9 +72,10 @@ def losses(tuner: FineTuner) -> list[tuple[int, float]]:
 def runs(tmp_path_factory, tok, records):
     folder = tmp_path_factory.mktemp("compile")
     patched = {"compiled": PatchedForwards(), "eager": PatchedForwards()}
-    compiled = make(tok, True, folder / "full", callbacks=[patched["compiled"]])
+    # cpu_speedups=True: its model patches run eagerly (dropout is 0 here, so the math is the same)
+    compiled = make(tok, True, folder / "full", callbacks=[patched["compiled"]], cpu_speedups=True)
     compiled.fit(records)
-    eager = make(tok, False, callbacks=[patched["eager"]])
+    eager = make(tok, False, callbacks=[patched["eager"]], cpu_speedups=True)
     eager.fit(records)
     return {"compiled": compiled, "eager": eager, "patched": patched, "folder": folder}
 
@@ -95,7 +96,7 @@ def test_compiled_fit_matches_eager(runs, tok):
 
 
 def test_cpu_patches_are_skipped_when_compiled(runs):
-    assert "Dropout" in runs["patched"]["eager"].seen  # fast dropout, on a CPU without compile
+    assert "Dropout" in runs["patched"]["eager"].seen  # cpu_speedups' fast dropout, on a CPU without compile
     assert runs["patched"]["compiled"].seen == set(), "a CPU patch of fit must be off with compile=True"
 
 

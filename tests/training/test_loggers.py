@@ -4,11 +4,11 @@ import csv
 import importlib.util
 import logging
 import sys
-from types import SimpleNamespace
 
 import pytest
+import torch
 
-from finetune_lib import Callback, FineTuner
+from finetune_lib import Callback, FineTuner, TrainState
 from finetune_lib.testing import save_tiny_pretrained
 from finetune_lib.training import loggers
 from finetune_lib.training.args import TrainingArgs
@@ -22,8 +22,8 @@ EVAL = {"step": 2, "epoch": 0.5, "validation/loss": 0.45, "validation/accuracy":
 
 
 def fake_state(record=None, step=0, history=()):
-    tuner = SimpleNamespace(history=list(history), args=TrainingArgs())
-    return SimpleNamespace(record=record or {}, step=step, tuner=tuner)
+    return TrainState(model=torch.nn.Linear(1, 1), record=record or {}, step=step, history=list(history),
+                      args=TrainingArgs())
 
 
 def read_csv(path):
@@ -184,25 +184,41 @@ def test_liveplot_outside_ipython_detects_no_notebook():
 
 def test_liveplot_redraws_every_n_logs_in_jupyter(monkeypatch):
     pytest.importorskip("matplotlib")
-    shown, cleared = [], []
+    shown, handles = [], []
 
     class FakeImage:
         def __init__(self, data, format):
             self.data = data
 
+    class Handle:  # IPython's DisplayHandle: update() replaces only this output, not the whole cell's
+        def __init__(self):
+            self.updates = []
+
+        def update(self, obj):
+            self.updates.append(obj)
+
+    def display(obj, display_id=None):
+        assert display_id is True  # a handle, so later drawings replace this one output only
+        shown.append(obj)
+        handles.append(Handle())
+        return handles[-1]
+
     monkeypatch.setattr(loggers, "in_notebook", lambda: True)
-    monkeypatch.setattr(loggers, "_ipython_display",
-                        lambda: (shown.append, lambda wait: cleared.append(wait), FakeImage))
+    monkeypatch.setattr(loggers, "_ipython_display", lambda: (display, FakeImage))
     plot = LivePlot(every=2)
     history = []
     plot.on_fit_start(fake_state())
     for record in [*TRAIN, EVAL]:
         history.append(record)
         plot.on_log(fake_state(record, history=history))
-    assert plot.draws == 1  # after the 2nd record
-    plot.on_fit_end(fake_state(history=history))  # the 3rd record is drawn at the end
-    assert plot.draws == 2 and cleared == [True, True]
-    assert all(img.data.startswith(b"\x89PNG") for img in shown)
+    assert plot.draws == 1 and len(shown) == 1  # after the 2nd record
+    plot.on_fit_end(fake_state(history=history))  # the 3rd record is drawn at the end, in place
+    assert plot.draws == 2 and len(shown) == 1 and len(handles[0].updates) == 1
+    assert all(img.data.startswith(b"\x89PNG") for img in [*shown, *handles[0].updates])
+    plot.on_fit_start(fake_state())  # a second fit shows its own figure
+    plot.on_log(fake_state(TRAIN[0], history=TRAIN[:1]))
+    plot.on_log(fake_state(TRAIN[1], history=TRAIN[:2]))
+    assert len(shown) == 2
 
 
 def test_liveplot_rejects_bad_every():
@@ -227,7 +243,7 @@ def test_csv_logger_through_finetuner_then_save(tmp_path):
 
 def test_loggers_write_nothing_on_other_ranks(tmp_path):
     state = fake_state(TRAIN[0], step=1)
-    state.tuner.dist = SimpleNamespace(is_main=False)
+    state.is_main_process = False
     csv_logger = CSVLogger(tmp_path / "log.csv")
     csv_logger.on_fit_start(state)
     csv_logger.on_log(state)

@@ -1,4 +1,5 @@
-"""Fast dropout on a CPU: dropout's distribution and gradient, reproducible, and applied only in fit."""
+"""Fast dropout on a CPU: dropout's distribution and gradient, reproducible, and applied only in fit
+with `cpu_speedups=True`."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import torch
 from torch import nn
 
 from finetune_lib import FineTuner
-from finetune_lib.training import fast_dropout as fast_dropout_module
-from finetune_lib.training.fast_dropout import dropout, fast_dropout, keep_mask, random_bits16
+from finetune_lib.speedups import fast_dropout as fast_dropout_module
+from finetune_lib.speedups.fast_dropout import dropout, fast_dropout, keep_mask, random_bits16
 
-from .helpers import classification_records, model_and_tokenizer
+from ..training.helpers import classification_records, model_and_tokenizer
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -124,7 +125,7 @@ def test_patches_plain_dropout_modules_only_and_removes_the_patch():
         assert n == 0
 
 
-def test_fit_uses_it_on_cpu_reproducibly_and_can_turn_it_off(monkeypatch):
+def test_fit_uses_it_with_cpu_speedups_reproducibly_and_not_by_default(monkeypatch):
     records = classification_records(32)
     calls = []
 
@@ -138,7 +139,7 @@ def test_fit_uses_it_on_cpu_reproducibly_and_can_turn_it_off(monkeypatch):
         calls.clear()
         model, tok = model_and_tokenizer("bert", "classification", dropout=0.3)
         tuner = FineTuner(model, "classification", tokenizer=tok, epochs=1, batch_size=8, precision="fp32",
-                          log_every=1, progress=False, loggers=(), cpu_fast_dropout=fast)
+                          log_every=1, progress=False, loggers=(), cpu_speedups=fast)
         history = tuner.fit(records)
         assert all("forward" not in vars(m) for m in tuner.model.modules())
         return [h["train/loss"] for h in history if "train/loss" in h], len(calls)
@@ -154,5 +155,5 @@ def test_fit_uses_it_on_cpu_reproducibly_and_can_turn_it_off(monkeypatch):
 
 def test_bad_switch_is_refused():
     model, tok = model_and_tokenizer("bert", "classification")
-    with pytest.raises(ValueError, match="cpu_fast_dropout must be True or False"):
-        FineTuner(model, "classification", tokenizer=tok, cpu_fast_dropout="yes")
+    with pytest.raises(ValueError, match="cpu_speedups must be True or False"):
+        FineTuner(model, "classification", tokenizer=tok, cpu_speedups="yes")

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from finetune_lib import FineTuner
-from finetune_lib.training import embedding_grad
-from finetune_lib.training.embedding_grad import reused_embedding_grads
+from finetune_lib.speedups import embedding_grad
+from finetune_lib.speedups.embedding_grad import reused_embedding_grads
 
-from .helpers import generation_records, model_and_tokenizer
+from ..training.helpers import generation_records, model_and_tokenizer
 
 
 class _Tied(nn.Module):
@@ -101,9 +101,9 @@ def test_a_fit_is_the_same_with_and_without_it(monkeypatch):
     records = generation_records(24)
     results = []
     for reuse in (False, True):
-        model, tok = model_and_tokenizer("gpt2", "causal_lm")
+        model, tok = model_and_tokenizer("gpt2", "causal_lm", dropout=0.0)  # cpu_speedups' dropout: none to draw
         tuner = FineTuner(model, "causal_lm", tokenizer=tok, epochs=2, batch_size=8, gradient_accumulation=2,
-                          precision="fp32", log_every=1, progress=False, loggers=(), cpu_memory_reuse=reuse)
+                          precision="fp32", log_every=1, progress=False, loggers=(), cpu_speedups=reuse)
         history = tuner.fit(records)
         results.append(([h["train/loss"] for h in history if "train/loss" in h],
                         tuner.model.get_input_embeddings().weight.detach().clone()))

@@ -1,22 +1,26 @@
 """Dropout masks from a counter-based generator on a CPU, instead of torch's serial Bernoulli draws.
 
-On a CPU, `nn.Dropout` draws its mask with `bernoulli_`, one Mersenne Twister number at a time on
-one core (torch uses MKL's parallel generator only on Intel CPUs): about 0.85 ms for a 16 x 15 x 384
-activation on the benchmark machine (an AMD EPYC), 20 calls per MiniLM step, which made dropout 15% of
-a full fine-tuning step and a quarter of a step with the first 4 blocks frozen. Here the mask comes
-from SplitMix64 (Steele, Lea, Flood 2014: the output function over the counter sequence key + i *
-golden gamma), 4 mask entries per 64-bit value, computed with numpy's vectorized integer ops (on these
-sizes twice as fast as the same ops in torch): about 0.17 ms per dropout of that size, mask included.
+**Gain.** On a CPU, `nn.Dropout` draws its mask with `bernoulli_`, one Mersenne Twister number at a
+time on one core (torch uses MKL's parallel generator only on Intel CPUs): about 0.85 ms for a 16 x
+15 x 384 activation on the benchmark machine (an AMD EPYC), 20 calls per MiniLM step. Here the mask
+comes from SplitMix64 (Steele, Lea, Flood 2014: the output function over the counter sequence key +
+i * golden gamma), 4 mask entries per 64-bit value, computed with numpy's vectorized integer ops (on
+these sizes twice as fast as the same ops in torch): about 0.17 ms per dropout of that size, mask
+included. Measured per MiniLM step: 1.07x with blocks 0-3 frozen, 1.02x for full fine-tuning
+(docs/topics/cpu-speed.md); attention-probability dropout with the same masks (`attention`) adds
+1.05x frozen, 1.04x full.
 
-The math is dropout's: each entry is kept with probability 1 - p and scaled by 1 / (keep
-probability), so its expected value is unchanged; the backward multiplies by the same mask and
-scale. The keep probability is resolved to 1/65,536 (p = 0.1 keeps 58,982 of 65,536 values: 0.899994),
-and the scale is the exact inverse of that probability. The 64-bit key of each call is drawn from
-torch's default generator, so a seeded run is reproducible and a resumed run (which restores that
-generator) draws the same masks; the masks are not the ones torch's dropout would draw.
+**What stays and what changes.** The math is dropout's: each entry is kept with probability 1 - p
+and scaled by 1 / (keep probability), so its expected value is unchanged; the backward multiplies by
+the same mask and scale. The keep probability is resolved to 1/65,536 (p = 0.1 keeps 58,982 of
+65,536 values: 0.899994), and the scale is the exact inverse of that probability. The 64-bit key of
+each call is drawn from torch's default generator, so a seeded run is reproducible and a resumed run
+(which restores that generator) draws the same masks. Caveat: the masks are not the ones torch's
+dropout would draw, so a run does not repeat a plain PyTorch loop's losses bit for bit.
 
-Applied by `FineTuner` on a CPU, during `fit`, to modules whose forward is `nn.Dropout.forward`;
-the patch is an instance attribute removed when `fit` ends. Off with `FineTuner(cpu_fast_dropout=False)`.
+Applies to modules whose forward is `nn.Dropout.forward` (none set on the instance); the patch is an
+instance attribute removed when the block ends. Used by `FineTuner(cpu_speedups=True)` on a CPU,
+during `fit`.
 
 Example:
     >>> with fast_dropout(model):
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .patching import patched_forwards
+from .patching import own_forward, patched_forwards
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's constants
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -120,5 +124,6 @@ def _patched_forward(module: nn.Dropout) -> Any:
 def fast_dropout(model: nn.Module, enabled: bool = True) -> contextlib.AbstractContextManager[int]:
     """Within the block, the `nn.Dropout` modules of `model` draw their masks with `keep_mask` (see
     the module docstring); yields how many modules were patched."""
-    modules = [m for m in model.modules() if type(m).forward is nn.Dropout.forward] if enabled else []
+    modules = ([m for m in model.modules() if type(m).forward is nn.Dropout.forward and not own_forward(m)]
+               if enabled else [])
     return patched_forwards(modules, _patched_forward)

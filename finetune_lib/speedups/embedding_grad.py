@@ -1,19 +1,27 @@
 """Embedding gradients written into one reused buffer, instead of a fresh zeroed table every step.
 
-torch's embedding backward makes a new zero-filled tensor the size of the whole table each step
-(MiniLM: 30,522 x 384 floats, 47 MB) and adds the used rows into it. A tensor that large is always
-its own `mmap` (above glibc's 32 MiB limit, so `training.memory` cannot keep it), so every step
-faults in 11,000 fresh pages before any real work: 12-13 ms per step on the benchmark machine, of a
-~150 ms MiniLM step. Here the backward instead adds the used rows straight into the parameter's
-`.grad`, which it points at a buffer allocated once and zeroed in place (1-2 ms). The gradient
-is the same: each used row gets the sum of its positions' gradients, rows of `padding_idx` get
-none, micro-batches accumulate, a tied output projection adds its own part (in either order).
+**Gain.** torch's embedding backward makes a new zero-filled tensor the size of the whole table each
+step (MiniLM: 30,522 x 384 floats, 47 MB) and adds the used rows into it. A tensor that large is
+always its own `mmap` (above glibc's 32 MiB limit, so `malloc.reuse_freed_memory` cannot keep it),
+so every step faults in 11,000 fresh pages before any real work: 12-13 ms per step on the benchmark
+machine, of a ~150 ms MiniLM step (with `malloc`, 15-20% of a MiniLM epoch; BENCHMARKS.md). Here
+the backward instead adds the used rows straight into the parameter's `.grad`, which it points at
+a buffer allocated once and zeroed in place (1-2 ms). The values are the same: each used row gets
+the sum of its positions' gradients, rows of `padding_idx` get none, micro-batches accumulate, a
+tied output projection adds its own part (in either order).
 
-Applied by `FineTuner` on a CPU to `nn.Embedding` tables of at least `MIN_ELEMENTS` entries that
-use the plain `nn.Embedding.forward` (no `max_norm`, `scale_grad_by_freq` or `sparse`), in a single
-process (DDP and FSDP need the gradient to pass through autograd's accumulation hooks). While a table
-is frozen (a `LayerFreezer`, gradual unfreezing) the plain forward runs. The patch is an instance
-attribute removed when `fit` ends, so saved and pickled models are untouched.
+**Caveats: autograd does not see this gradient.** The backward writes `.grad` itself and returns
+no gradient for the weight, so for a patched table: tensor hooks (`weight.register_hook`) and
+post-accumulate-grad hooks (`register_post_accumulate_grad_hook`) do not fire for the embedding's
+part, `torch.autograd.grad(loss, weight)` does not get it, and a `.grad` that a callback keeps is
+the reused buffer (zeroed in place at the next step). DDP and FSDP need autograd's accumulation
+hooks, so `FineTuner` never applies it there. torch's own backward (the default) has none of this.
+
+Applies to `nn.Embedding` tables of at least `MIN_ELEMENTS` entries with the plain
+`nn.Embedding.forward` (no `max_norm`, `scale_grad_by_freq` or `sparse`, no forward set on the
+instance). While a table is frozen (a `LayerFreezer`, gradual unfreezing) the plain forward runs.
+The patch is an instance attribute removed when the block ends, so saved and pickled models are
+untouched. Used by `FineTuner(cpu_speedups=True)` on a CPU, in a single process, during `fit`.
 
 Example:
     >>> with reused_embedding_grads(model):
@@ -29,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .patching import patched_forwards
+from .patching import own_forward, patched_forwards
 
 #: tables smaller than this keep torch's own backward (their fresh allocation is cheap)
 MIN_ELEMENTS = 1 << 20
@@ -63,8 +71,8 @@ class _EmbeddingIntoGrad(torch.autograd.Function):
 
 
 def _eligible(module: nn.Module) -> bool:
-    return (type(module).forward is nn.Embedding.forward and module.weight.numel() >= MIN_ELEMENTS
-            and module.max_norm is None and not module.scale_grad_by_freq and not module.sparse)
+    return (type(module).forward is nn.Embedding.forward and not own_forward(module)
+            and module.weight.numel() >= MIN_ELEMENTS and module.max_norm is None and not module.scale_grad_by_freq and not module.sparse)
 
 
 def _patched_forward(module: nn.Embedding, buffer: list[torch.Tensor]) -> Any:
