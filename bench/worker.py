@@ -95,6 +95,8 @@ def main() -> None:
                   "trainer_default": "runner_trainer",
                   "trainer_tuned": "runner_trainer", "hand": "runner_hand"}[runner]
         res = __import__(module).classification(cfg)
+    elif workload == "chat":
+        res = __import__("runner_ours_chat" if runner == "ours" else "runner_trl").chat(cfg)
     elif workload == "causal":
         res = causal(cfg)
     elif workload == "eval":

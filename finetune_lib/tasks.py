@@ -12,12 +12,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+from .generation import check_generation_settings, cut_at_stop, seeded_sampling
+from .generation import stop_token_ids as find_stop_ids
 
 IGNORE_INDEX = -100
 log = logging.getLogger(__name__)
@@ -161,15 +165,23 @@ def _prompt_batch(tokenizer: Any, prompts: list[str], pad_id: int, left: bool) -
 @torch.inference_mode()
 def generate_texts(model: Any, tokenizer: Any, prompts: list[str], *, batch_size: int = 16,
                    max_new_tokens: int = 64, time_budget_s: float | None = None,
-                   budget: GenerationBudget | None = None, autocast: Any = None) -> list[str]:
-    """Generate a continuation for each prompt, in batches, with the KV cache and without sampling
-    (greedy, unless the model's `generation_config` sets e.g. `num_beams`).
+                   budget: GenerationBudget | None = None, autocast: Any = None, do_sample: bool = False,
+                   temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                   stop_token_ids: Sequence[int] | None = None) -> list[str]:
+    """Generate a continuation for each prompt, in batches, with the KV cache: greedy by default
+    (unless the model's `generation_config` sets e.g. `num_beams`), or sampled with `do_sample=True`.
 
     Decoder-only models get left-padded prompts (so every row's last prompt token sits at the same
     place and generation continues right after it), with the attention mask; the prompt is
-    stripped from their output. Each text is decoded without special tokens and with surrounding
-    whitespace stripped; it holds at most `max_new_tokens` tokens. The tokenizer is not changed
-    (its `padding_side` included) and the model's train/eval mode is restored.
+    stripped from their output. Generation stops at EOS and at the chat template's end-of-turn
+    token (`finetune_lib.generation.stop_token_ids`); the text ends before it. Each text is decoded
+    without special tokens and with surrounding whitespace stripped; it holds at most
+    `max_new_tokens` tokens. The tokenizer is not changed (its `padding_side` included) and the
+    model's train/eval mode is restored.
+
+    Sampling draws from the logits divided by `temperature`, cut to the nucleus `top_p` (no top-k
+    cut), from torch's generator seeded with `seed` at the start of the call: the same call gives
+    the same texts, and torch's global random state is put back afterwards.
 
     Args:
         model: a causal LM or an encoder-decoder model.
@@ -182,6 +194,12 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], *, batch_size
         budget: instead of `time_budget_s`, a `GenerationBudget` shared with other calls; it
             counts what was generated and skipped, and its owner reports it (no warning here).
         autocast: a context-manager factory to generate under (mixed precision).
+        do_sample: sample instead of greedy decoding.
+        temperature: with `do_sample`, divides the logits (1.0: the model's distribution).
+        top_p: with `do_sample`, the nucleus kept (1.0: every token).
+        seed: with `do_sample`, the seed of the sampling.
+        stop_token_ids: the ids generation stops at; default `stop_token_ids(tokenizer, model)`
+            (EOS and end-of-turn tokens).
 
     Returns:
         One string per prompt, in order.
@@ -192,33 +210,43 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], *, batch_size
         raise ValueError(f"time_budget_s must be >= 0 seconds (or None for no limit), got {time_budget_s!r}.")
     owned = budget is None
     budget = budget if budget is not None else GenerationBudget(time_budget_s)
+    check_generation_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                              do_sample=do_sample, seed=seed)
     is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError("The tokenizer has neither a pad token nor an EOS token to pad prompts with: "
                          "set tokenizer.pad_token.")
+    stops = list(stop_token_ids) if stop_token_ids is not None else find_stop_ids(tokenizer, model)
+    options: dict[str, Any] = {"do_sample": False}
+    if do_sample:  # temperature and nucleus only; the model's top-k default would cut the distribution too
+        options = {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0}
     outputs: list[str] = []
     was_training = model.training
     model.eval()
     try:
-        for i in range(0, len(prompts), batch_size):
-            # 1. stop before a batch once the budget is spent: the rest get empty strings
-            if budget.exhausted:
-                break
-            started = _clock()
-            chunk = prompts[i: i + batch_size]
-            enc = {k: v.to(device) for k, v in _prompt_batch(tokenizer, chunk, pad_id, not is_encoder_decoder).items()}
-            # 2. decode without sampling, with the KV cache
-            with autocast() if autocast is not None else contextlib.nullcontext():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                     pad_token_id=pad_id)
-            # 3. decoder-only: drop the prompt (every row's prompt ends at the same column)
-            if not is_encoder_decoder:
-                out = out[:, enc["input_ids"].shape[1]:]
-            outputs.extend(t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True))
-            budget.spent += _clock() - started
-            budget.generated += len(chunk)
+        with seeded_sampling(seed, device) if do_sample else contextlib.nullcontext():
+            for i in range(0, len(prompts), batch_size):
+                # 1. stop before a batch once the budget is spent: the rest get empty strings
+                if budget.exhausted:
+                    break
+                started = _clock()
+                chunk = prompts[i: i + batch_size]
+                enc = {k: v.to(device) for k, v in _prompt_batch(tokenizer, chunk, pad_id,
+                                                                 not is_encoder_decoder).items()}
+                # 2. decode (greedy or seeded sampling) with the KV cache, until EOS or end-of-turn
+                with autocast() if autocast is not None else contextlib.nullcontext():
+                    out = model.generate(**enc, max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=pad_id,
+                                         eos_token_id=stops or None, **options)
+                # 3. decoder-only: drop the prompt (every row's prompt ends at the same column); then end
+                # each row before its first stop token (an encoder-decoder's row starts with its start token)
+                if not is_encoder_decoder:
+                    out = out[:, enc["input_ids"].shape[1]:]
+                rows = cut_at_stop(out.cpu(), stops, start=1 if is_encoder_decoder else 0)
+                outputs.extend(t.strip() for t in tokenizer.batch_decode(rows, skip_special_tokens=True))
+                budget.spent += _clock() - started
+                budget.generated += len(chunk)
     finally:
         model.train(was_training)
     missing = len(prompts) - len(outputs)

@@ -138,3 +138,32 @@ def save_tiny_pretrained(folder: str | Path, arch: str = "bert", task: str = "cl
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+#: SmolLM2-135M-Instruct's ChatML template, as its GGUF file's tokenizer holds it: a default system prompt
+#: when none is given, no generation markers
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+#: the special tokens of ChatML and Llama-3 chat templates, as `tiny_chat_tokenizer` adds them
+CHAT_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
+                       "<|end_header_id|>", "<|eot_id|>")
+
+
+def tiny_chat_tokenizer(chat_template: str | None = SMOLLM2_CHAT_TEMPLATE, eos_token: str = "<|im_end|>",
+                        vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """`tiny_tokenizer()` with `CHAT_SPECIAL_TOKENS` added, a chat template and an end-of-turn EOS.
+
+    Example:
+        >>> tok = tiny_chat_tokenizer()   # ChatML like SmolLM2-Instruct; EOS <|im_end|>
+        >>> model = tiny_model("llama", "causal_lm", vocab_size=len(tok))
+    """
+    tok = tiny_tokenizer(vocab_size)
+    tok.add_special_tokens({"additional_special_tokens": list(CHAT_SPECIAL_TOKENS)})
+    tok.eos_token = eos_token
+    tok.chat_template = chat_template
+    return tok

@@ -28,7 +28,7 @@ def _tuner(**kw):
 
 
 @pytest.mark.parametrize("module", ["finetune_lib.regularizers", "finetune_lib.events", "finetune_lib.freezing",
-                                    "finetune_lib.metrics", "finetune_lib.data"])
+                                    "finetune_lib.metrics", "finetune_lib.data", "finetune_lib.adapters"])
 def test_plugin_modules_do_not_import_the_trainer(module):
     code = (f"import sys, {module}; "
             "print(sorted(m for m in sys.modules if m.startswith('finetune_lib.training')))")

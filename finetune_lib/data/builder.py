@@ -117,7 +117,7 @@ class DatasetBuilder:
     def from_file(cls, path: str | Path, text: Column = None, label: Column = None, prompt: Column = None,
                   target: Column = None, group: Column = None, format: str | None = None,
                   encoding: str = "utf-8", delimiter: str | None = None, has_header: bool | None = None,
-                  blocks: bool = False, strict: bool = False) -> DatasetBuilder:
+                  blocks: bool = False, strict: bool = False, messages: Column = None) -> DatasetBuilder:
         """Load a JSONL, JSON, CSV, TSV, text or Parquet file (by extension, or ``format=``).
 
         Args:
@@ -125,6 +125,10 @@ class DatasetBuilder:
             text, label, prompt, target, group: the source column for each standard key, by name,
                 or by position (0, 1, ...) in a delimited file without a header. A column already
                 called ``text``/``label``/... needs no argument.
+            messages: the column of conversations (causal LM): a list of ``{"role", "content"}``
+                objects per row (a JSON array in JSONL; a JSON string in a CSV cell is parsed). A
+                column called ``messages`` needs no argument. Malformed conversations raise a
+                ``DataError`` naming the row; empty ones are dropped and counted.
             format: ``"jsonl"``, ``"json"``, ``"csv"``, ``"tsv"``, ``"txt"`` or ``"parquet"``. A ``.txt``
                 file whose lines mostly contain tabs is read as TSV unless ``format="txt"`` is given.
             encoding: the file's encoding; a UTF-8 byte-order mark is skipped.
@@ -142,7 +146,8 @@ class DatasetBuilder:
             >>> b.dropped                                                                   # doctest: +SKIP
             {'stray_header': 1}
         """
-        mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group}
+        mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group,
+                   "messages": messages}
         given = [v for v in mapping.values() if v is not None]
         table = read_file(path, format=format, encoding=encoding, delimiter=delimiter, has_header=has_header,
                           blocks=blocks, by_index=any(isinstance(v, int) for v in given),
@@ -153,15 +158,16 @@ class DatasetBuilder:
     @classmethod
     def from_pandas(cls, df: Any, text: Column = None, label: Column = None, prompt: Column = None,
                     target: Column = None, group: Column = None, name: str = "dataframe",
-                    strict: bool = False) -> DatasetBuilder:
+                    strict: bool = False, messages: Column = None) -> DatasetBuilder:
         """Load a pandas DataFrame; columns map as in :meth:`from_file` (NaN counts as empty)."""
-        mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group}
+        mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group,
+                   "messages": messages}
         return cls._from_table(table_from_dataframe(df), mapping, name, strict)
 
     @classmethod
     def from_hf(cls, dataset: Any, text: Column = None, label: Column = None, prompt: Column = None,
                 target: Column = None, group: Column = None, name: str | None = None,
-                strict: bool = False) -> DatasetBuilder:
+                strict: bool = False, messages: Column = None) -> DatasetBuilder:
         """Load a Hugging Face ``datasets.Dataset`` (one split; ``datasets`` itself is not imported).
 
         Columns map as in :meth:`from_file`. ``ClassLabel`` columns (and ``Sequence(ClassLabel)``) come
@@ -176,15 +182,24 @@ class DatasetBuilder:
         """
         info = getattr(dataset, "info", None)
         name = name or getattr(info, "dataset_name", None) or "hf_dataset"
-        mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group}
+        mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group,
+                   "messages": messages}
         return cls._from_table(table_from_hf(dataset), mapping, name, strict)
 
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]], text: Column = None, label: Column = None,
                      prompt: Column = None, target: Column = None, group: Column = None, name: str = "records",
-                     strict: bool = False) -> DatasetBuilder:
-        """Load a list of dicts; columns map as in :meth:`from_file`."""
-        mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group}
+                     strict: bool = False, messages: Column = None) -> DatasetBuilder:
+        """Load a list of dicts; columns map as in :meth:`from_file` (conversations under ``messages``).
+
+        Example:
+            >>> chats = [{"messages": [{"role": "user", "content": "Hi"},
+            ...                        {"role": "assistant", "content": "Hello! How can I help?"}]}]
+            >>> DatasetBuilder.from_records(chats).columns
+            ['messages']
+        """
+        mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group,
+                   "messages": messages}
         return cls._from_table(table_from_records(records), mapping, name, strict)
 
     # -- list-like ----------------------------------------------------------------------------
@@ -232,6 +247,38 @@ class DatasetBuilder:
         if removed or counts["label_conflicts"]:
             logger.info("%s: deduplicate removed %d record(s) %s", self.name, removed, counts)
         self.records = Records(kept, name=self.name)
+        return self
+
+    def to_messages(self, system: str | None = None) -> DatasetBuilder:
+        """Turn prompt/target records into conversations: ``{"messages": [system?, user, assistant]}``.
+
+        The ``prompt`` becomes the user turn and the ``target`` the assistant turn, after an optional
+        ``system`` prompt; ``prompt`` and ``target`` are replaced, other columns kept. Records that are
+        conversations already are left as they are. Returns ``self``.
+
+        Raises:
+            DataError: a record has no prompt (a conversation needs a user turn) or no target.
+
+        Example:
+            >>> b = DatasetBuilder.from_records([{"prompt": "Opening hours?", "target": "9 to 5."}])
+            >>> b.to_messages(system="You are Acme's support assistant.")[0]["messages"][1]
+            {'role': 'user', 'content': 'Opening hours?'}
+        """
+        out = []
+        for i, r in enumerate(self.records):
+            if "messages" in r:
+                out.append(r)
+                continue
+            prompt, target = r.get("prompt"), r.get("target")
+            for key, value in (("prompt", prompt), ("target", target)):
+                if not isinstance(value, str) or not value.strip():
+                    raise DataError(f"{self.name}: record {i} has no {key} ({value!r}); to_messages() makes the "
+                                    "prompt the user turn and the target the assistant turn: fill or drop it "
+                                    "(e.g. .filter(lambda r: r.get('prompt')))")
+            messages = [{"role": "system", "content": system}] if system else []
+            messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": target}]
+            out.append({"messages": messages, **{k: v for k, v in r.items() if k not in ("prompt", "target")}})
+        self.records = Records(out, name=self.name)
         return self
 
     # -- splitting ----------------------------------------------------------------------------

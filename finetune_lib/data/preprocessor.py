@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from . import chat
 from .collate import IGNORE_INDEX, collate
 from .packing import collate_packed
 
@@ -31,6 +32,8 @@ class EncodeStats:
     truncated_indices: list[int] = field(default_factory=list)
     packed_rows: int | None = None  # rows after packing (None: not packed)
     packing_efficiency: float | None = None  # real tokens / (packed_rows * pack_length)
+    conversations_shortened: int = 0  # conversations that lost their oldest exchanges to fit
+    dropped_turns: int = 0  # messages dropped from them (a conversation cut as well counts in truncated)
 
 
 class Preprocessor:
@@ -56,12 +59,22 @@ class Preprocessor:
             per example. `batch_size` then counts rows, not examples.
         pack_length: tokens per packed row; None uses `max_length`. Examples are truncated to
             `min(max_length, pack_length)` by the usual rules.
+        chat_template: a Jinja chat template for conversation records (`{"messages": [...]}`); it
+            wins over the tokenizer's and is set on the tokenizer by `setup` (so a saved model keeps it).
+        train_on: what a conversation learns (`finetune_lib.data.chat`): "assistant" (every
+            assistant turn, with its end-of-turn token), "last_assistant" (the last one only) or
+            "all" (every token). Too long conversations drop their oldest exchanges first (counted in
+            `stats[split].conversations_shortened` and `dropped_turns`); when the system prompt and
+            the last exchange alone do not fit, the last assistant turn is cut (counted as truncated)
+            or, with `strict=True`, refused.
     """
 
     def __init__(self, clean: Sequence[str | Callable[[str], str]] | None = None, max_length: int | None = None,
                  strict: bool = False, prompt_template: str = "{prompt}", use_chat_template: bool = False,
                  labels: Sequence[Any] | None = None, batch_size: int = 1000, pack: bool = False,
-                 pack_length: int | None = None):
+                 pack_length: int | None = None, chat_template: str | None = None, train_on: str = "assistant"):
+        if train_on not in chat.TRAIN_ON:
+            raise ValueError(f"train_on must be one of {', '.join(map(repr, chat.TRAIN_ON))}, not {train_on!r}.")
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must be at least 2 tokens, got {max_length}.")
         if pack_length is not None and pack_length < 2:
@@ -77,6 +90,7 @@ class Preprocessor:
         self.label_names: list[Any] | None = list(labels) if labels is not None else None
         self.batch_size = batch_size
         self.pack, self.pack_length = pack, pack_length
+        self.chat_template, self.train_on = chat_template, train_on
         #: the form of packed rows' attention mask; FineTuner sets it for its model (`packing.packed_mask_dtype`)
         self.packed_mask_dtype: torch.dtype = torch.float32
         self.tokenizer: Any = None
@@ -92,6 +106,12 @@ class Preprocessor:
         if self.pack and task != "causal_lm":
             raise ValueError(f"pack=True is for task 'causal_lm' only, not {task!r}. Set pack=False.")
         self.tokenizer, self.task = tokenizer, task
+        if self.chat_template:  # the user's template wins, and is saved with the tokenizer
+            tokenizer.chat_template = self.chat_template
+        if train_records is not None and any(chat.is_conversation(r) for r in train_records):
+            if task != "causal_lm":
+                raise ValueError(f"Conversation records (messages) are for task 'causal_lm', not {task!r}.")
+            chat.require_chat_template(tokenizer, self.chat_template)
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token is None:
                 raise ValueError("The tokenizer has neither a pad token nor an EOS token; set "
@@ -187,7 +207,11 @@ class Preprocessor:
     def format_prompt(self, record: Mapping[str, Any]) -> str:
         """The prompt text of a generation record, as fed to the model.
 
-        The rules, in order:
+        A conversation (`{"messages": [...]}`) gives the messages before its last assistant turn
+        (all of them when it ends with another role), contents cleaned, rendered by the chat
+        template with the generation prompt; a BOS that the template writes is dropped when the
+        tokenizer adds BOS itself (`finetune_lib.data.chat.render_prompt`). Other records follow
+        these rules, in order:
 
         1. The record's `prompt` is cleaned, then formatted with `prompt_template` (which may use
            any other record column). An empty prompt gives `""`: the target is then learned whole.
@@ -208,6 +232,8 @@ class Preprocessor:
             >>> pre.setup(tokenizer, "causal_lm").format_prompt({"prompt": "Is the battery good?"})
             '<|user|>Q: Is the battery good?<|assistant|>'
         """
+        if chat.is_conversation(record):
+            return chat.render_prompt(self.tokenizer, self._messages(record), self._template(), self._tokenizer_adds_bos())
         prompt = self.clean_text(str(record.get("prompt", "") or ""))
         if not prompt:
             return ""
@@ -224,15 +250,28 @@ class Preprocessor:
             return text
         text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                        add_generation_prompt=True)
-        bos = getattr(tok, "bos_token", None)
-        if bos and text.startswith(bos):
-            # the tokenizer is called with its special tokens on: drop the template's BOS if it adds one
-            cached = getattr(self, "_adds_bos", None)
-            if cached is None or cached[0] is not tok:
-                cached = self._adds_bos = (tok, tok.bos_token_id in tok("")["input_ids"][:1])
-            if cached[1]:
-                text = text[len(bos):]
-        return text
+        # the tokenizer is called with its special tokens on: drop the template's BOS if it adds one
+        return chat.drop_template_bos(tok, text, self._tokenizer_adds_bos())
+
+    def reference(self, record: Mapping[str, Any]) -> str:
+        """The reference text of a generation record, for text metrics: `target` (or `text`), or a
+        conversation's last assistant turn."""
+        if chat.is_conversation(record):
+            return chat.reference_text(record["messages"])
+        return str(record.get("target", record.get("text", "")))
+
+    def _tokenizer_adds_bos(self) -> bool:
+        cached = getattr(self, "_adds_bos", None)
+        if cached is None or cached[0] is not self.tokenizer:
+            cached = self._adds_bos = (self.tokenizer, chat.tokenizer_adds_bos(self.tokenizer))
+        return cached[1]
+
+    def _template(self) -> str:
+        return chat.require_chat_template(self.tokenizer, self.chat_template)
+
+    def _messages(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A conversation's messages with their contents cleaned."""
+        return [{**m, "content": self.clean_text(str(m["content"]))} for m in record["messages"]]
 
     def encode(self, records: Sequence[Mapping[str, Any]], split: str = "train") -> list[dict[str, Any]]:
         """Features for each record: `input_ids`, `attention_mask`, `labels`. Counts truncations.
@@ -244,6 +283,8 @@ class Preprocessor:
         limit = min(int(self.max_length or 512), self.pack_length or 10**9) if packing else None
         if self.task == "classification":
             features = self._encode_classification(records, split)
+        elif any(chat.is_conversation(r) for r in records):
+            features = self._encode_conversations(records, split, limit)
         else:
             features = self._encode_generation(records, split, limit)
         st = self.stats[split]
@@ -319,6 +360,37 @@ class Preprocessor:
             ids = p + t
             features.append({"input_ids": ids, "attention_mask": [1] * len(ids),
                              "labels": [IGNORE_INDEX] * len(p) + t})
+        self._check_targets(features, split)
+        self.stats[split] = stats
+        return features
+
+    def _encode_conversations(self, records: Sequence[Mapping[str, Any]], split: str,
+                              limit: int | None = None) -> list[dict[str, Any]]:
+        """Conversations rendered with the chat template, the loss on `train_on` (`finetune_lib.data.chat`)."""
+        if self.task != "causal_lm":
+            raise ValueError(f"Conversation records (messages) are for task 'causal_lm', not {self.task!r}.")
+        chat.check_conversations(records, split, need_assistant=True)
+        template, limit = self._template(), int(limit or self.max_length or 512)
+        stats = EncodeStats(examples=len(records))
+        features = []
+        for i, r in enumerate(records):
+            enc = chat.encode_conversation(self.tokenizer, self._messages(r), template, self.train_on, limit,
+                                           self._tokenizer_adds_bos())
+            if enc.dropped_turns:
+                stats.conversations_shortened += 1
+                stats.dropped_turns += enc.dropped_turns
+            if enc.truncated:
+                if self.strict:
+                    raise ValueError(f"Record {i} of {split}: its system prompt and last exchange alone take "
+                                     f"{enc.length} tokens, more than {limit} (max_length{', pack_length' if limit != self.max_length else ''}), "
+                                     "and strict=True. Raise max_length, shorten the last exchange, or set "
+                                     "strict=False to cut the last assistant turn.")
+                self._truncated(stats, i, split, limit)
+            features.append({"input_ids": enc.input_ids, "attention_mask": [1] * len(enc.input_ids),
+                             "labels": enc.labels})
+        if stats.conversations_shortened:
+            log.info("%s: %d of %d conversations lost their oldest exchanges (%d messages) to fit %d tokens.",
+                     split, stats.conversations_shortened, stats.examples, stats.dropped_turns, limit)
         self._check_targets(features, split)
         self.stats[split] = stats
         return features

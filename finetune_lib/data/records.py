@@ -4,6 +4,7 @@ Standard keys (see ``docs/internals.md``):
 
 * classification: ``text`` (str) and ``label`` (int or str);
 * generation: ``prompt`` (str, may be empty) and ``target`` (str), or only ``text`` for a causal LM;
+* conversations (causal LM): ``messages``, a list of ``{"role", "content"}`` dicts (see ``data/chat.py``);
 * ``group`` (optional, for grouped splits); any other column is kept as it is.
 
 Example:
@@ -14,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
@@ -26,14 +28,25 @@ __all__ = ["Records", "STANDARD_KEYS", "build_records", "record_key", "record_te
 
 logger = logging.getLogger(__name__)
 
-STANDARD_KEYS: tuple[str, ...] = ("text", "label", "prompt", "target", "group")
+STANDARD_KEYS: tuple[str, ...] = ("text", "label", "prompt", "target", "group", "messages")
+
+
+def _messages(record: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+    messages = record.get("messages")
+    if isinstance(messages, (list, tuple)) and all(isinstance(m, Mapping) for m in messages):
+        return list(messages)
+    return None
 
 
 def record_text(record: Mapping[str, Any]) -> str:
-    """The text a model reads for ``record``: ``text`` if present, else ``prompt`` + ``target``.
+    """The text a model reads for ``record``: ``text`` if present, else ``prompt`` + ``target``;
+    for a conversation, its messages' contents, one per line.
 
     Used for length statistics; a causal-LM or classification record has ``text``.
     """
+    messages = _messages(record)
+    if messages is not None:
+        return "\n".join(str(m.get("content", "")) for m in messages)
     text = record.get("text")
     if text is not None:
         return str(text)
@@ -46,8 +59,17 @@ def record_key(record: Mapping[str, Any]) -> str:
     """The string that identifies a record's content for duplicate and leakage checks.
 
     ``text`` if the record has one, else prompt and target joined by a unit separator (so that
-    ``("a b", "c")`` and ``("a", "b c")`` differ).
+    ``("a b", "c")`` and ``("a", "b c")`` differ). A conversation's key holds each message's role
+    and content (role, unit separator, content; messages joined by a record separator), so the same
+    words under other roles or in other turns make another key, and the normalized key (case,
+    punctuation and whitespace folded, the separators included) reads ``"user hi assistant hello"``.
+
+    >>> record_key({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})
+    'user\\x1fHi\\x1eassistant\\x1fHello'
     """
+    messages = _messages(record)
+    if messages is not None:
+        return "\x1e".join(f"{m.get('role', '')}\x1f{m.get('content', '')}" for m in messages)
     text = record.get("text")
     if text is not None:
         return str(text)
@@ -167,9 +189,9 @@ def _resolve_mapping(table: Any, mapping: Mapping[str, Any]) -> dict[str, Any]:
             raise DataError(f"{table.source}: column {col!r} (for {key}=) not found; available columns: "
                             f"{columns}.{hint}")
         resolved[key] = col
-    if "text" not in resolved and "target" not in resolved:
+    if "text" not in resolved and "target" not in resolved and "messages" not in resolved:
         raise DataError(f"{table.source}: no text column; pass text=<column> (or prompt= and target= for "
-                        f"generation); available columns: {columns}")
+                        f"generation, or messages= for conversations); available columns: {columns}")
     return resolved
 
 
@@ -186,6 +208,34 @@ def _as_text(value: Any, where: str, column: Any) -> str | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise DataError(f"{where}: column {column!r} holds a {type(value).__name__} ({value!r:.60}), expected text")
+
+
+def _as_messages(value: Any, where: str, column: Any) -> list[dict[str, Any]] | None:
+    """A conversation as a list of plain dicts (a JSON string, e.g. from a CSV cell, is parsed), or None
+    when empty; raises a ``DataError`` naming the row and the problem when it is malformed."""
+    from .chat import message_problem
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: column {column!r} holds text that is not a JSON list of messages "
+                            f"({err.msg}); give a list of {{'role': ..., 'content': ...}} objects") from err
+    if hasattr(value, "tolist") and not isinstance(value, list):  # numpy arrays from pandas / Parquet
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return None
+        value = [dict(m) if isinstance(m, Mapping) else m for m in value]
+    problem = message_problem(value, need_assistant=False)
+    if problem:
+        raise DataError(f"{where}: column {column!r}: {problem}; a conversation is a list of "
+                        "{'role': 'system'|'user'|'assistant', 'content': <non-empty text>} objects")
+    return value
 
 
 def _label_kind(value: Any) -> str:
@@ -253,7 +303,11 @@ def build_records(table: Any, mapping: Mapping[str, Any], *, name: str, strict: 
         reason = None
         for key, col in resolved.items():
             value = row.get(col)
-            if key in ("text", "prompt", "target"):
+            if key == "messages":
+                value = _as_messages(value, loc, col)
+                if value is None:
+                    reason = "empty_messages"
+            elif key in ("text", "prompt", "target"):
                 value = _as_text(value, loc, col)
                 if key == "prompt":
                     value = value or ""

@@ -1,10 +1,13 @@
 """Fine-tune all-MiniLM-L6-v2 on the embedded support-message data, end to end; then a small causal LM.
 
-    python -m finetune_lib.demo [--output runs/demo] [--epochs 3] [--quick] [--only classification|generation]
+    python -m finetune_lib.demo [--output runs/demo] [--epochs 3] [--quick] [--only classification|generation|chat]
+                                [--recipe lora|last_blocks]
 
 The second path (`finetune_lib.demo.generation`, written to `<output>/generation/`) trains a GPT-2
 built from a config on generated spec-to-description data, with packing, and reports perplexity,
-BLEU, chrF and exact match.
+BLEU, chrF and exact match. The third (`finetune_lib.demo.chat`, in `<output>/chat/`) fine-tunes
+the real SmolLM2-135M-Instruct chat model (GGUF) with LoRA adapters in its last blocks on generated
+support conversations, and compares the base model with the fine-tuned one on held-out ones.
 
 Every class of the library takes part: DatasetBuilder (load, deduplicate, split, leakage check,
 report), Preprocessor (cleaning, tokenization), LayerFreezer (train the last 2 of 6 blocks),
@@ -43,8 +46,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--output", default="runs/demo", help="run folder (replaced on each demo run)")
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--quick", action="store_true", help="a smaller data set, for a fast check")
-    parser.add_argument("--only", choices=["classification", "generation"], default=None,
-                        help="run one path only (default: both)")
+    parser.add_argument("--only", choices=["classification", "generation", "chat"], default=None,
+                        help="run one path only (default: all three)")
+    parser.add_argument("--recipe", choices=["lora", "last_blocks"], default="lora",
+                        help="chat path: LoRA adapters in the last 4 blocks, or the last 2 blocks trained whole")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "httpx", "sentence_transformers"):
@@ -72,6 +77,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         from finetune_lib.demo import generation
 
         return generation.main(out / "generation", quick=args.quick)
+    if args.only == "chat":
+        from finetune_lib.demo import chat
+
+        return chat.main(out / "chat", quick=args.quick, recipe=args.recipe)
     start = time.perf_counter()
     # 1. the embedded data: generated support messages, messy on purpose
     data_file = write_jsonl(out / "data" / "support_messages.jsonl", n=400 if args.quick else 1200)
@@ -138,6 +147,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
         print("\n=== Second path: a small causal LM (GPT-2 from a config) writes product descriptions ===")
         generation.main(out / "generation", quick=args.quick)
+        from finetune_lib.demo import chat
+
+        print("\n=== Third path: SmolLM2-135M-Instruct learns a shop's facts from support conversations ===")
+        chat.main(out / "chat", quick=args.quick, recipe=args.recipe)
     return results
 
 

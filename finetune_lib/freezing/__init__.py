@@ -12,7 +12,7 @@ Example:
 
 from .blocks import Block, BlockDiscoveryError, ModelParts, compile_patterns, find_parts, module_tree
 from .cache import PrefixCache
-from .freezer import LayerFreezer, freeze, layerwise_lr_scales, trainable_selection
+from .freezer import LayerFreezer, adapter_parameters, freeze, layerwise_lr_scales, trainable_selection
 from .nograd import NoGradPrefix
 from .summary import FreezeSummary, SummaryRow, build_summary
 
@@ -25,6 +25,7 @@ __all__ = [
     "NoGradPrefix",
     "PrefixCache",
     "SummaryRow",
+    "adapter_parameters",
     "build_summary",
     "compile_patterns",
     "find_parts",

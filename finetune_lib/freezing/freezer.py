@@ -10,6 +10,12 @@ What is trained, in order of precedence (later rules win):
 4. parameters matching `include` are trained;
 5. parameters matching `exclude` are frozen (also never unfrozen by gradual unfreezing).
 
+With an adapter (a peft model, e.g. `FineTuner(..., adapter=LoRA(...))`) the base weights stay frozen:
+only the adapter's own parameters train (and peft's `modules_to_save`), and the blocks rule above
+says where the adapters were put (`trained_block_count`); the frozen prefix still runs without
+autograd and can be cached. `include`, `freeze_embeddings=False` and gradual unfreezing, which
+would train base weights, are refused with an adapter (`check_adapter`).
+
 Patterns are matched against every name of a parameter (tied weights have several), as a glob on
 the whole name or as a regular expression found in it (see `compile_patterns`).
 """
@@ -29,7 +35,7 @@ from .cache import PrefixCache
 from .nograd import NoGradPrefix
 from .summary import FreezeSummary, build_summary
 
-__all__ = ["freeze", "LayerFreezer", "trainable_selection", "layerwise_lr_scales"]
+__all__ = ["freeze", "LayerFreezer", "trainable_selection", "layerwise_lr_scales", "adapter_parameters"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +71,27 @@ def _trained_block_count(n: int, train_last: int | None, freeze_first: int | Non
     if train_fraction is not None:
         return min(n, math.ceil(float(train_fraction) * n - 1e-9))
     return 0 if has_include else n
+
+
+def adapter_parameters(model: nn.Module) -> set[str] | None:
+    """The names of an adapter's parameters when `model` is a peft model (the LoRA matrices and the
+    copies peft trains for `modules_to_save`), else None. Read from peft's naming (the tuner's prefix,
+    `lora_`, and `.modules_to_save.`), so calling it again gives the same answer whatever
+    `requires_grad` says."""
+    prefix = getattr(getattr(model, "base_model", None), "prefix", None)
+    if not hasattr(model, "peft_config") or not isinstance(prefix, str) or not prefix:
+        return None
+    return {n for n, _ in model.named_parameters() if prefix in n or ".modules_to_save." in n}
+
+
+def _block_paths(model: nn.Module, blocks: str | Sequence[str] | None) -> str | list[str] | None:
+    """`blocks` (paths in the base model) as paths in `model`, which may be a peft model around it."""
+    if blocks is None or not hasattr(model, "get_base_model"):
+        return blocks
+    inner = next((n for n, m in model.named_modules() if m is model.get_base_model()), "")
+    paths = [blocks] if isinstance(blocks, str) else list(blocks)
+    modules = dict(model.named_modules())
+    return [b if b in modules or not inner else f"{inner}.{b}" for b in paths]
 
 
 def _matching(parts: ModelParts, names: Iterable[str], patterns: list[tuple[str, Callable[[str], bool]]],
@@ -265,11 +292,15 @@ class LayerFreezer(Callback):
         """Freeze `model` in place, prepare gradual unfreezing and layer-wise decay; return the summary.
         Calling it again (e.g. on resume) starts over from the configuration."""
         self._prefix.remove()
-        parts = find_parts(model, self.blocks)
+        parts = find_parts(model, _block_paths(model, self.blocks))
         train, self._excluded = trainable_selection(
             model, parts, train_last=self.train_last, freeze_first=self.freeze_first,
             train_fraction=self.train_fraction, include=self.include, exclude=self.exclude,
             freeze_embeddings=self.freeze_embeddings, freeze_head=self.freeze_head)
+        adapter = adapter_parameters(model)
+        if adapter is not None:  # an adapter trains in place of the base weights (put in the selected blocks)
+            self.check_adapter()
+            train = adapter - self._excluded
         for name, param in model.named_parameters():
             param.requires_grad_(name in train)
         self.model, self.parts = model, parts
@@ -282,6 +313,27 @@ class LayerFreezer(Callback):
         if self.prefix_cache is not None:
             self.prefix_cache.install(model, parts)
         return self.summary()
+
+    def trained_block_count(self, n_blocks: int) -> int:
+        """How many top blocks of a model with `n_blocks` blocks train (or, with an adapter, get adapters)."""
+        return _trained_block_count(n_blocks, self.train_last, self.freeze_first, self.train_fraction,
+                                    bool(compile_patterns(self.include)))
+
+    def check_adapter(self) -> None:
+        """Refuse the settings that would train base weights next to an adapter (which trains instead).
+
+        Raises:
+            ValueError: with gradual unfreezing, `include` or `freeze_embeddings=False`, naming the fix.
+        """
+        if self.unfreeze_every is not None:
+            raise ValueError("Gradual unfreezing (unfreeze_every) is not supported with an adapter: with LoRA, "
+                             "train_last=N means adapters in the last N blocks, fixed for the run. Drop "
+                             "unfreeze_every, or drop the adapter to unfreeze whole blocks gradually.")
+        if self.include is not None or not self.freeze_embeddings:
+            what = "include=" if self.include is not None else "freeze_embeddings=False"
+            raise ValueError(f"LayerFreezer({what}...) would train base weights next to the adapter, and the saved "
+                             "adapter would not hold them. Name those modules in LoRA(modules_to_save=[...]) instead "
+                             "(they are then trained in full and saved with the adapter).")
 
     def summary(self) -> FreezeSummary:
         """The current table of trainable and frozen parameters (after `apply`)."""

@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 import string
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .document import Document
-from .run_info import RunInfo, hub_id
+from .run_info import RunInfo, hub_id, split_baseline
 from .sections import (
     add_data,
     add_freezing,
@@ -73,6 +74,7 @@ def card_data(run: Any, results: Mapping[str, Any] | None = None, *, base_model:
     base = base_model or run.base_model_hub_id
     task_tag = PIPELINE_TAGS.get(run.task)
     evals = []
+    results, _ = split_baseline(results)  # model-index: the fine-tuned model's results only
     if results:
         overall, _ = split_results(results)
         for name, (value, _low, _high) in overall.items():
@@ -85,7 +87,7 @@ def card_data(run: Any, results: Mapping[str, Any] | None = None, *, base_model:
                                     dataset_name=dataset or f"held-out {split} split", dataset_split=split,
                                     metric_type=name, metric_name=name, metric_value=round(float(value), 6)))
     return ModelCardData(
-        library_name="transformers",
+        library_name="peft" if (run.adapter or {}).get("saved_as") == "adapter" else "transformers",
         pipeline_tag=task_tag,
         base_model=base,
         datasets=[dataset] if dataset else None,
@@ -181,7 +183,8 @@ def write_model_card(run: Any, folder: str | Path, results: Mapping[str, Any] | 
         folder: the saved model's folder.
         results: evaluation results to report, with their ``_low`` / ``_high`` intervals (what
             ``tuner.evaluate(test, confidence=0.95)`` returns); default ``run.results`` (the
-            tuner's last ``evaluate()``).
+            tuner's last ``evaluate()``). ``baseline/<key>`` keys (``evaluate(test, baseline=True)``),
+            or ``run.baseline_results`` by default, put the base model's results beside them.
         confidence: the level of the intervals, for the column title; default ``run.confidence``.
         data_report: a `DataReport` of the splits (``splits.report()``), its ``to_dict()`` or a
             string; default ``run.data_summary``, else what the Preprocessor counted.
@@ -202,8 +205,12 @@ def write_model_card(run: Any, folder: str | Path, results: Mapping[str, Any] | 
 
     run = as_run_info(run)
     folder = Path(folder)
+    if run.adapter:  # what the folder holds: peft's adapter folder, or the adapter merged into the weights
+        saved_as = "adapter" if (folder / "adapter_config.json").is_file() else "merged"
+        run = replace(run, adapter={**run.adapter, "saved_as": saved_as})
+    results, baseline = split_baseline(results)
     if results is None:
-        results = run.results
+        results, baseline = run.results, run.baseline_results
         if confidence is None:
             confidence = run.confidence
     base = base_model or run.base_model_hub_id
@@ -239,8 +246,10 @@ def write_model_card(run: Any, folder: str | Path, results: Mapping[str, Any] | 
         doc.paragraph("No evaluation ran during training.")
     doc.heading("Evaluation results", 2)
     if results:
-        doc.paragraph(f"On the held-out {split} split:")
-        add_results(doc, results, confidence)
+        doc.paragraph(f"On the held-out {split} split" + (", the base model before fine-tuning and the fine-tuned "
+                                                          "model, with the same metrics and generation settings:"
+                                                          if baseline else ":"))
+        add_results(doc, results, confidence, baseline)
         signatures = {k: v for k, v in run.metric_signatures.items() if k in results}
         if signatures:
             doc.paragraph("Signatures (scores compare only under the same one): "

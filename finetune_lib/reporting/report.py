@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .document import Document
+from .run_info import split_baseline
 from .sections import (
     add_data,
     add_freezing,
@@ -69,7 +70,11 @@ def build_report(run: Any, results: Mapping[str, Any] | None, base: Path | None 
     ])
     if results:
         doc.heading(f"Results on the {split} split", 2)
-        add_results(doc, results, confidence)
+        tuned, base = split_baseline(results)
+        if base:
+            doc.paragraph("The base model before fine-tuning and the fine-tuned model, with the same metrics and "
+                          "generation settings:")
+        add_results(doc, tuned or {}, confidence, base)
     shown = [(caption, path) for caption, path in _figures(figures) if path.is_file()]
     if shown:
         doc.heading("Figures", 2)
@@ -99,8 +104,9 @@ def write_report(run: Any, results: Mapping[str, Any] | None, path: str | Path, 
         run: a `RunInfo`, or the `FineTuner` (converted with
             `finetune_lib.reporting.tuner_info.run_info_from_tuner`).
         results: what `tuner.evaluate(...)` returned (``"<metric>_low"`` / ``"<metric>_high"`` keys
-            become the interval column, ``"<slice>/<metric>"`` keys a per-slice table); None to leave
-            the results out.
+            become the interval column, ``"<slice>/<metric>"`` keys a per-slice table, and the
+            ``"baseline/<key>"`` keys of ``evaluate(..., baseline=True)`` a base-vs-fine-tuned table);
+            None to leave the results out.
         path: the file to write (folders are created).
         data_report: a `DataReport` (``splits.report()``), its ``to_dict()`` or a string; default
             ``run.data_summary`` when set, else what the Preprocessor counted.

@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-__all__ = ["RunInfo", "describe", "display_path", "hub_id", "plain_value", "source_name"]
+__all__ = ["BASELINE_PREFIX", "RunInfo", "describe", "display_path", "hub_id", "plain_value", "source_name",
+           "split_baseline"]
+
+#: the prefix of the base model's keys in ``evaluate(..., baseline=True)`` results: ``baseline/bleu``
+BASELINE_PREFIX = "baseline/"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -53,6 +57,9 @@ class RunInfo:
         freezer: the layer freezer's settings (its repr), or None when every parameter was trained.
         freeze_summary: the freezer's `FreezeSummary` (rows of part, module, trainable, frozen,
             lr_scale, status; ``trainable``, ``total``, ``notes``) or a text; None when not known.
+        adapter: the adapter trained instead of the base weights (`LoRA.summary(model)`: ``method``, ``r``,
+            ``alpha``, ``dropout``, ``target_modules``, ``modules_to_save``, ``adapted_layers``,
+            ``layer_names``, ``blocks``, ``trainable_parameters``), or None without one.
         trainable_parameters: trainable parameters of the model (None when no model was loaded).
         total_parameters: all parameters of the model.
         regularizers: a readable description of each regularizer ("weight decay 0.01").
@@ -61,6 +68,9 @@ class RunInfo:
         data_summary: a `DataReport.to_dict()`, a text, or None.
         results: the evaluation results to report (``<metric>``, ``<metric>_low`` / ``_high``,
             ``<slice>/<metric>``), or None.
+        baseline_results: the base model's results on the same data, with the same keys as `results`
+            (``tuner.evaluate(test, baseline=True)`` returns them as ``baseline/<key>``); the card and
+            the report then show base and fine-tuned side by side. None when not measured.
         confidence: the level of the intervals in `results` (0.95), or None.
         steps: optimizer steps trained (0: not trained in this session).
         epochs: epochs trained.
@@ -88,6 +98,7 @@ class RunInfo:
     encode_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
     freezer: str | None = None
     freeze_summary: Any = None
+    adapter: dict[str, Any] | None = None
     trainable_parameters: int | None = None
     total_parameters: int | None = None
     regularizers: list[str] = field(default_factory=list)
@@ -95,6 +106,7 @@ class RunInfo:
     metric_signatures: dict[str, str] = field(default_factory=dict)
     data_summary: Any = None
     results: dict[str, Any] | None = None
+    baseline_results: dict[str, Any] | None = None
     confidence: float | None = None
     steps: int = 0
     epochs: float = 0.0
@@ -102,6 +114,22 @@ class RunInfo:
     stopped_early_at: int | None = None
     early_stopping_monitor: str | None = None
     run_folder: str | None = None
+
+
+def split_baseline(results: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Results of ``evaluate(..., baseline=True)`` as (fine-tuned, base) dicts with the same keys; the base
+    part is None when there are no ``baseline/`` keys.
+
+    Example:
+        >>> split_baseline({"bleu": 40.0, "baseline/bleu": 5.0})
+        ({'bleu': 40.0}, {'bleu': 5.0})
+    """
+    if results is None:
+        return None, None
+    n = len(BASELINE_PREFIX)
+    tuned = {k: v for k, v in results.items() if not str(k).startswith(BASELINE_PREFIX)}
+    base = {str(k)[n:]: v for k, v in results.items() if str(k).startswith(BASELINE_PREFIX)}
+    return tuned, base or None
 
 
 def hub_id(source: Any) -> str | None:

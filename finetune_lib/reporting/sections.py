@@ -15,10 +15,10 @@ from importlib import metadata
 from typing import Any
 
 from .document import Document
-from .run_info import RunInfo
+from .run_info import RunInfo, split_baseline
 
 __all__ = [
-    "add_data", "add_freezing", "add_results", "add_settings", "add_validation", "add_versions", "fmt",
+    "adapter_sentence", "add_comparison", "add_data", "add_freezing", "add_results", "add_settings", "add_validation", "add_versions", "fmt",
     "split_results", "training_summary", "validation_table", "versions",
 ]
 
@@ -84,10 +84,59 @@ def _with_interval(value: float, low: float | None, high: float | None) -> str:
     return f"{fmt(value)} ({fmt(low)} – {fmt(high)})"
 
 
-def add_results(doc: Document, results: Mapping[str, Any], confidence: float | None = None) -> None:
-    """A table of metric, value and interval (and a note when generation ran out of time); then one row
-    per slice, when there are slices."""
+def _generation_note(doc: Document, overall: Mapping[str, Any], whose: str = "") -> None:
+    generated = overall.get("generated_fraction", (1.0,))[0]
+    if isinstance(generated, (int, float)) and generated < 1:
+        doc.paragraph(f"**Incomplete generation**{whose}: the generation time budget ran out after {generated:.0%} of "
+                      "the prompts; the text metrics scored the other prompts as empty outputs (`generated_fraction`).")
+
+
+def _change(tuned: Any, base: Any) -> str:
+    if isinstance(tuned, bool) or isinstance(base, bool) or not all(isinstance(v, (int, float)) for v in (tuned, base)):
+        return ""
+    diff = float(tuned) - float(base)
+    return ("+" if diff > 0 else "") + fmt(diff) if math.isfinite(diff) else ""
+
+
+def add_comparison(doc: Document, results: Mapping[str, Any], baseline: Mapping[str, Any],
+                   confidence: float | None = None) -> None:
+    """Base model and fine-tuned model side by side: one row per metric (loss, BLEU, chrF, perplexity,
+    custom metrics, ...) with both values (and intervals) and the change; then the slices of each."""
     overall, slices = split_results(results)
+    base_overall, base_slices = split_results(baseline)
+    names = list(dict.fromkeys([*overall, *base_overall]))
+    has_intervals = any(low is not None for _, low, _ in [*overall.values(), *base_overall.values()])
+    rows = []
+    for name in names:
+        tuned, base = overall.get(name), base_overall.get(name)
+        rows.append([name, _with_interval(*base) if base else "", _with_interval(*tuned) if tuned else "",
+                     _change(tuned[0], base[0]) if tuned and base else ""])
+    doc.table(["metric", "base model", "fine-tuned", "change"], rows)
+    _generation_note(doc, base_overall, " (base model)")
+    _generation_note(doc, overall, " (fine-tuned model)")
+    if has_intervals:
+        doc.paragraph(f"In parentheses: {'the ' + format(confidence, '.0%') if confidence else 'the'} percentile "
+                      "bootstrap interval over the examples of the evaluation set (`MetricSuite`, seeded).")
+    for title, parts in (("Per slice, fine-tuned model:", slices), ("Per slice, base model:", base_slices)):
+        if parts:
+            metrics = list(dict.fromkeys(m for entry in parts.values() for m in entry if m != "count"))
+            doc.paragraph(title)
+            doc.table(["slice", "count", *metrics],
+                      [[name, entry.get("count", ""), *(_with_interval(*entry[m]) if m in entry else "" for m in metrics)]
+                       for name, entry in parts.items()])
+
+
+def add_results(doc: Document, results: Mapping[str, Any], confidence: float | None = None,
+                baseline: Mapping[str, Any] | None = None) -> None:
+    """A table of metric, value and interval (and a note when generation ran out of time); then one row
+    per slice, when there are slices. With the base model's results (`baseline`, or ``baseline/<key>``
+    keys in `results`), the two side by side instead (`add_comparison`)."""
+    results, found = split_baseline(results)
+    baseline = baseline or found
+    if baseline:
+        add_comparison(doc, results or {}, baseline, confidence)
+        return
+    overall, slices = split_results(results or {})
     has_intervals = any(low is not None for _, low, _ in overall.values())
     level = f"{confidence:.0%} interval" if confidence else "interval"
     header = ["metric", "value"] + ([f"{level} (low – high)"] if has_intervals else [])
@@ -98,10 +147,7 @@ def add_results(doc: Document, results: Mapping[str, Any], confidence: float | N
             row.append(f"{fmt(low)} – {fmt(high)}" if low is not None and high is not None else "")
         rows.append(row)
     doc.table(header, rows)
-    generated = overall.get("generated_fraction", (1.0,))[0]
-    if isinstance(generated, (int, float)) and generated < 1:
-        doc.paragraph(f"**Incomplete generation**: the generation time budget ran out after {generated:.0%} of the "
-                      "prompts; the text metrics scored the other prompts as empty outputs (`generated_fraction`).")
+    _generation_note(doc, overall)
     if has_intervals:
         doc.paragraph(f"Intervals: {'a ' + format(confidence, '.0%') if confidence else 'a'} percentile "
                       "bootstrap over the examples of the evaluation set (`MetricSuite`, seeded).")
@@ -218,9 +264,40 @@ def add_data(doc: Document, run: RunInfo, data_report: Any = None) -> None:
 
 
 # ---- freezing, settings, versions ------------------------------------------------------------------------
+def adapter_sentence(adapter: Mapping[str, Any], saved_as: str | None = None) -> str:
+    """The adapter in one sentence: method, rank, scale, where it went, trainable parameters, and (with
+    `saved_as` "adapter" or "merged") what the saved folder holds."""
+    text = (f"{adapter.get('method', 'Adapter')} adapters (r={adapter.get('r')}, alpha={adapter.get('alpha')}, "
+            f"dropout={adapter.get('dropout')}, target_modules={adapter.get('target_modules')!r})")
+    if adapter.get("adapted_layers"):
+        blocks = adapter.get("blocks") or []
+        where = f"blocks {blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else f"block {blocks[0]}" if blocks else "the model"
+        text += (f" on {adapter['adapted_layers']} linear layers ({', '.join(adapter.get('layer_names', []))}) of "
+                 f"{where}")
+    text += " were trained; the base weights stayed frozen"
+    if adapter.get("modules_to_save"):
+        text += f" except {', '.join(f'`{m}`' for m in adapter['modules_to_save'])} (trained in full)"
+    if adapter.get("trainable_parameters") is not None:
+        text += f". Trainable parameters: {adapter['trainable_parameters']:,}"
+        if adapter.get("total_parameters"):
+            text += f" of {adapter['total_parameters']:,}"
+    text += "."
+    if saved_as == "adapter":
+        text += (" This folder holds the adapter only (peft's format): `peft.AutoPeftModelForCausalLM` or "
+                 "`pipeline()` with peft installed load it on top of the base model its `adapter_config.json` names.")
+    elif saved_as == "merged":
+        text += " The adapters are merged into the weights of this folder: it loads without peft."
+    return text
+
+
 def add_freezing(doc: Document, run: RunInfo, summary: Any = None) -> None:
-    """The LayerFreezer's settings and its table of trainable and frozen parameters per part."""
+    """The LayerFreezer's settings and its table of trainable and frozen parameters per part; the adapter,
+    when one was trained."""
     summary = summary if summary is not None else run.freeze_summary
+    if run.adapter:
+        doc.paragraph(adapter_sentence(run.adapter, run.adapter.get("saved_as")))
+    if run.freezer is None and run.adapter:
+        return
     if run.freezer is None:
         text = "No layer freezing: every parameter was trained."
         if run.trainable_parameters is not None and run.total_parameters is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from .run_info import RunInfo, describe, display_path, hub_id, plain_value, source_name
+from .run_info import RunInfo, describe, display_path, hub_id, plain_value, source_name, split_baseline
 
 __all__ = ["as_run_info", "prompt_format", "run_info_from_tuner"]
 
@@ -107,6 +107,18 @@ def _freeze_summary(freezer: Any) -> Any:
         return None
 
 
+def _adapter(tuner: Any) -> dict[str, Any] | None:
+    """The adapter's `summary(model)` (a `LoRA`'s settings, adapted layers, trainable parameters), or None."""
+    adapter = getattr(tuner, "adapter", None)
+    summary = getattr(adapter, "summary", None)
+    if adapter is None or not callable(summary):
+        return None
+    try:
+        return dict(summary(getattr(tuner, "model", None)))
+    except Exception:  # a card must not fail over it
+        return {"method": type(adapter).__name__}
+
+
 def _signatures(tuner: Any) -> dict[str, str]:
     artifacts = getattr(tuner, "last_artifacts", None) or getattr(tuner.metrics, "last_artifacts", None) or {}
     suffix = "_signature"
@@ -119,10 +131,12 @@ def run_info_from_tuner(tuner: Any) -> RunInfo:
 
     Reads ``model_source``, ``task``, ``args``, ``weight_decay`` (the effective value),
     ``optimizer_factory``, ``precision``, ``history``, ``preprocessor`` (labels, settled
-    ``max_length``, prompt template, cleaning steps, counts), ``tokenizer``, ``freezer``, ``model``
+    ``max_length``, prompt template, cleaning steps, counts), ``tokenizer``, ``freezer``, ``adapter``
+    (its ``summary(model)``), ``model``
     (parameter counts), ``regularizers`` (their ``describe()``, and an `EarlyStopping`'s
     ``stopped_step`` / ``restored_step``), ``metrics``, ``last_artifacts``, ``data_summary``,
-    ``last_results``, ``last_confidence`` and ``output_dir``.
+    ``last_results`` (its ``baseline/`` keys become ``baseline_results``), ``last_confidence`` and
+    ``output_dir``.
     """
     pre = tuner.preprocessor
     task = tuner.task.name
@@ -145,6 +159,7 @@ def run_info_from_tuner(tuner: Any) -> RunInfo:
     metrics = getattr(tuner, "metrics", None)
     cleaning = [s if isinstance(s, str) else getattr(s, "__name__", type(s).__name__)
                 for s in getattr(pre, "clean_steps", [])]
+    results, baseline = split_baseline(dict(tuner.last_results) if getattr(tuner, "last_results", None) else None)
     return RunInfo(
         task=task,
         base_model=base,
@@ -162,13 +177,15 @@ def run_info_from_tuner(tuner: Any) -> RunInfo:
         encode_counts={name: (s.examples, s.truncated) for name, s in getattr(pre, "stats", {}).items()},
         freezer=None if tuner.freezer is None else repr(tuner.freezer),
         freeze_summary=_freeze_summary(tuner.freezer),
+        adapter=_adapter(tuner),
         trainable_parameters=trainable,
         total_parameters=total,
         regularizers=[describe(r) for r in tuner.regularizers],
         metrics=list(getattr(metrics, "names", []) or []),
         metric_signatures=_signatures(tuner),
         data_summary=data,
-        results=dict(tuner.last_results) if getattr(tuner, "last_results", None) else None,
+        results=results,
+        baseline_results=baseline,
         confidence=getattr(tuner, "last_confidence", None),
         steps=steps,
         epochs=epochs,

@@ -43,14 +43,23 @@ class TrainingArgs:
         log_every: log the training loss every N steps.
         keep_checkpoints: keep the newest K checkpoints (K >= 1), or None to keep them all.
         eval_batch_size: examples per evaluation batch (default: 2 x batch_size).
-        max_new_tokens: tokens to generate for LM predictions and text metrics.
+        max_new_tokens: tokens to generate for LM predictions and text metrics (generation stops earlier
+            at EOS or at the chat template's end-of-turn token, e.g. ``<|im_end|>``).
+        temperature: divides the logits before sampling (with `do_sample=True`; greedy decoding ignores
+            it); 1.0 keeps the model's distribution.
+        top_p: with `do_sample=True`, sample from the smallest set of tokens whose probability reaches
+            top_p (nucleus sampling; 1.0 keeps them all; no top-k cut is applied).
+        do_sample: sample instead of decoding greedily (the default, False). Sampling is seeded with
+            `seed` (the same seed gives the same texts) and leaves torch's global random state as it
+            was. `evaluate` (text metrics) and `predict` use these settings; `predict` can override
+            them per call.
         generation_time_budget: seconds of generation allowed in one evaluation (for text metrics
             such as BLEU; per process under torchrun); None (default): no limit. Checked before each
             generation batch, so it can be overshot by one batch. When it runs out, the prompts left
             get empty outputs, which the text metrics score as they are (never dropped, so every
             metric covers the same examples); the results then hold `generated_fraction` < 1 and a
             warning says how many were generated.
-        seed: seeds Python, NumPy and torch, and the data order.
+        seed: seeds Python, NumPy and torch, the data order, and sampling (`do_sample=True`).
         on_nonfinite: "stop" (default) raises at a NaN/inf loss or gradient before the weights change;
             "skip" drops that step and goes on (counted in the log as `train/skipped_steps`).
         distributed: how the model is spread over processes under `torchrun` (WORLD_SIZE > 1; ignored
@@ -75,6 +84,11 @@ class TrainingArgs:
             dropout itself. Needs a C++ compiler on a CPU and Triton on a GPU (checked when the
             `FineTuner` is built). Works under DDP (compiled before wrapping); refused under FSDP
             and with `LayerFreezer(cache_prefix=True)`. See `finetune_lib.training.compiling`.
+        gradient_checkpointing: recompute each block's activations during backward instead of keeping
+            them (transformers' activation checkpointing, non-reentrant), for the length of `fit`
+            only: the model is left as it was. Less memory (activations of one block at a time
+            instead of all), about a third more compute per step; the same gradients. Works with a
+            `LayerFreezer` (the frozen prefix still runs without autograd) and with adapters.
     """
 
     epochs: float = 3
@@ -94,12 +108,16 @@ class TrainingArgs:
     keep_checkpoints: int | None = 2
     eval_batch_size: int | None = None
     max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    do_sample: bool = False
     generation_time_budget: float | None = None
     seed: int = 0
     on_nonfinite: str = "stop"
     distributed: str = "auto"
     cpu_speedups: bool = False
     compile: bool = False
+    gradient_checkpointing: bool = False
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> TrainingArgs:
@@ -141,7 +159,7 @@ class TrainingArgs:
         if self.distributed not in ("auto", "ddp", "fsdp"):
             raise ValueError(f"distributed must be 'auto' (DDP under torchrun), 'ddp' or 'fsdp' (shard the model "
                              f"across processes), got {self.distributed!r}.")
-        for name in ("cpu_speedups", "compile"):
+        for name in ("cpu_speedups", "compile", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         budget = self.generation_time_budget

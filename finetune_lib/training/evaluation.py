@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from ..data.collate import sequential_batches, to_device
 from ..events import CallbackList, TrainState
+from ..generation import check_generation_settings, stop_token_ids
 from ..metrics.batch import EvalBatch
+from ..reporting.run_info import BASELINE_PREFIX
 from ..tasks import IGNORE_INDEX, GenerationBudget, generate_texts
+from .generations import GenerationLog, record_prompt, record_reference, with_baseline
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,10 @@ class EvalSetup:
         batch_size: examples per evaluation batch.
         max_new_tokens: tokens to generate for text metrics and predictions.
         generation_time_budget: seconds of generation allowed in one evaluation (None: no limit).
-        seed: the seed of bootstrap confidence intervals.
+        seed: the seed of bootstrap confidence intervals and of sampling.
+        temperature: sampling temperature (with `do_sample`).
+        top_p: nucleus of sampling (with `do_sample`).
+        do_sample: sample instead of greedy decoding (seeded with `seed`).
     """
 
     model: torch.nn.Module
@@ -48,6 +54,19 @@ class EvalSetup:
     max_new_tokens: int
     generation_time_budget: float | None = None
     seed: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    do_sample: bool = False
+
+    def generation_options(self, **overrides: Any) -> dict[str, Any]:
+        """The keyword arguments of `generate_texts` for this run (`max_new_tokens`, sampling, stop
+        tokens), with `overrides` (None values ignored) checked and applied."""
+        options = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                   "do_sample": self.do_sample, **{k: v for k, v in overrides.items() if v is not None}}
+        check_generation_settings(**options)
+        chat_template = getattr(self.preprocessor, "chat_template", None)
+        options["stop_token_ids"] = stop_token_ids(self.tokenizer, self.model, chat_template)
+        return options
 
 
 def check_suite(metrics: Any) -> None:
@@ -59,8 +78,18 @@ def check_suite(metrics: Any) -> None:
 
 def evaluate_model(run: EvalSetup, records: list[dict[str, Any]], features: list[dict[str, Any]], *,
                    slices: Any = None, confidence: float | None = None, batch_size: int | None = None,
-                   events: CallbackList | None = None, state: TrainState | None = None) -> dict[str, float]:
+                   events: CallbackList | None = None, state: TrainState | None = None,
+                   baseline: Any = None) -> dict[str, float]:
     """Loss (mean over target tokens or examples, no label smoothing) and the suite's metrics.
+
+    When a metric reads generated text, the suite's ``last_artifacts["generations"]`` holds one row
+    per record, in the records' order (`finetune_lib.training.generations`). Generation uses the
+    run's settings (`max_new_tokens`, sampling seeded per batch from `seed`) and stops at EOS and
+    end-of-turn tokens, as `predict` does.
+
+    With `baseline` (a `finetune_lib.training.baseline.BaseSource`) the base model is evaluated
+    too, on the same records with the same settings, and its results are added as
+    ``baseline/<key>`` (`evaluate_with_baseline`).
 
     With `generation_time_budget` set and a metric that reads generated text, the results also hold
     ``generated_fraction``: the share of prompts generated before the budget ran out. The prompts
@@ -70,8 +99,13 @@ def evaluate_model(run: EvalSetup, records: list[dict[str, Any]], features: list
     would hold only the longest examples). A warning then says how many prompts were generated,
     and the suite's ``last_artifacts["generation"]`` holds the counts.
     """
+    if baseline is not None:
+        return evaluate_with_baseline(run, baseline, records, features, slices=slices, confidence=confidence,
+                                      batch_size=batch_size)
     model, task, pre = run.model, run.task, run.preprocessor
     size = batch_size or run.batch_size
+    generative = task.name != "classification"
+    log_rows = GenerationLog()
     has_labels = all("labels" in f for f in features)
     if not has_labels:
         raise ValueError("Evaluation needs labels (classification) or targets (generation) in every record.")
@@ -90,12 +124,12 @@ def evaluate_model(run: EvalSetup, records: list[dict[str, Any]], features: list
                 totals["loss"] += task.aligned_loss_sum(logits, labels, smoothing=False).double()
             totals["targets"] += task.count_targets(batch)
             recs = [records[i] for i in idx]
-            generative = task.name != "classification"
-            item = EvalBatch(
-                task=task.name, logits=logits, labels=labels, records=recs,
-                prompts=[pre.format_prompt(r) for r in recs] if generative else None,
-                references=[str(r.get("target", r.get("text", ""))) for r in recs] if generative else None,
-            )
+            prompts = [record_prompt(pre, r) for r in recs] if generative else None
+            references = [record_reference(pre, r) for r in recs] if generative else None
+            if prompts is not None and references is not None:
+                log_rows.expect(idx, prompts, references)  # the texts generated for this batch go to these rows
+            item = EvalBatch(task=task.name, logits=logits, labels=labels, records=recs, prompts=prompts,
+                             references=references)
             del logits, labels
             yield item
             # the suite is done with this batch: let its logits go before the next forward pass
@@ -107,10 +141,17 @@ def evaluate_model(run: EvalSetup, records: list[dict[str, Any]], features: list
             del batch
 
     budget = GenerationBudget(run.generation_time_budget)  # all the generation of this evaluation
+    options = run.generation_options() if task.generates else {}
+    calls = [0]
 
     def generate(prompts: list[str]) -> list[str]:
-        return generate_texts(model, run.tokenizer, prompts, batch_size=size, max_new_tokens=run.max_new_tokens,
-                              budget=budget, autocast=run.autocast)
+        before = budget.generated
+        seed = (run.seed + calls[0]) % 2**32  # sampling: one seed per batch, the same in every evaluation
+        calls[0] += 1
+        texts = generate_texts(model, run.tokenizer, prompts, batch_size=size, budget=budget, autocast=run.autocast,
+                               seed=seed, **options)
+        log_rows.add(prompts, texts, budget.generated - before)
+        return texts
 
     model.eval()
     suite = run.metrics
@@ -122,7 +163,28 @@ def evaluate_model(run: EvalSetup, records: list[dict[str, Any]], features: list
     loss = float(loss_sum / targets.clamp(min=1))
     if task.generates and suite.needs_text and budget.seconds is not None:
         results["generated_fraction"] = _report_budget(run, suite, budget)
+    if task.generates and suite.needs_text:
+        suite.last_artifacts["generations"] = log_rows.rows()  # in the records' order, every process's
     return {"loss": loss, **results}
+
+
+def evaluate_with_baseline(run: EvalSetup, base: Any, records: list[dict[str, Any]],
+                           features: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    """The fine-tuned model's results and the base model's as ``baseline/<key>``, on the same records with
+    the same `EvalSetup` (metrics, generation settings, seed); the base model (`base.open(model, device)`,
+    a `finetune_lib.training.baseline.BaseSource`) is evaluated first. With text metrics each row of
+    ``last_artifacts["generations"]`` gets the base model's text (``baseline``); the base run's other
+    artifacts go to ``last_artifacts["baseline"]``."""
+    suite = run.metrics
+    with base.open(run.model, run.device) as model:
+        base_results = evaluate_model(replace(run, model=model), records, features, **kwargs)
+    base_artifacts = dict(getattr(suite, "last_artifacts", {}))
+    results = evaluate_model(run, records, features, **kwargs)
+    artifacts = suite.last_artifacts
+    if "generations" in artifacts and "generations" in base_artifacts:
+        artifacts["generations"] = with_baseline(artifacts["generations"], base_artifacts.pop("generations"))
+    artifacts["baseline"] = base_artifacts
+    return {**results, **{BASELINE_PREFIX + k: v for k, v in base_results.items()}}
 
 
 def _report_budget(run: EvalSetup, suite: Any, budget: GenerationBudget) -> float:
@@ -141,15 +203,21 @@ def _report_budget(run: EvalSetup, suite: Any, budget: GenerationBudget) -> floa
 
 @torch.inference_mode()
 def predict_records(run: EvalSetup, records: list[dict[str, Any]], batch_size: int | None = None,
-                    max_new_tokens: int | None = None) -> list[Any]:
-    """Labels with scores (classification) or generated texts (LM tasks)."""
+                    max_new_tokens: int | None = None, **sampling: Any) -> list[Any]:
+    """Labels with scores (classification) or generated texts (LM tasks).
+
+    LM tasks generate from `record_prompt` (conversations rendered with the chat template and the
+    generation prompt) with the run's generation settings; `max_new_tokens` and `sampling`
+    (`temperature`, `top_p`, `do_sample`) override them when not None.
+    """
     model, pre = run.model, run.preprocessor
     size = batch_size or run.batch_size
     model.eval()
     if run.task.name != "classification":
-        prompts = [pre.format_prompt(r) for r in records]
-        return generate_texts(model, run.tokenizer, prompts, batch_size=size,
-                              max_new_tokens=max_new_tokens or run.max_new_tokens, autocast=run.autocast)
+        options = run.generation_options(max_new_tokens=max_new_tokens, **sampling)
+        prompts = [record_prompt(pre, r) for r in records]
+        return generate_texts(model, run.tokenizer, prompts, batch_size=size, autocast=run.autocast, seed=run.seed,
+                              **options)
     features = pre.encode([{k: v for k, v in r.items() if k != "label"} for r in records], "predict")
     names = pre.label_names or []
     out: list[Any] = [None] * len(features)
@@ -163,4 +231,4 @@ def predict_records(run: EvalSetup, records: list[dict[str, Any]], batch_size: i
     return out
 
 
-__all__ = ["EvalSetup", "IGNORE_INDEX", "check_suite", "evaluate_model", "predict_records"]
+__all__ = ["EvalSetup", "IGNORE_INDEX", "check_suite", "evaluate_model", "evaluate_with_baseline", "predict_records"]

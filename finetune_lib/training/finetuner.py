@@ -19,12 +19,14 @@ from ..metrics.suite import suite_for_task
 from ..regularizers.weight_decay import configured_weight_decay
 from ..tasks import Task, get_task
 from .args import TrainingArgs
+from .baseline import BaseSource, keep_base_copy
 from .callbacks import ProgressBar
 from .checkpoint import check_finite_model
 from .compiling import check_compile, compile_failure, for_training
 from .cpu_paths import CpuPaths
 from .distributed import DistributedContext, main_first
 from .evaluation import EvalSetup, evaluate_model, predict_records
+from .generations import as_predict_records, write_generations
 from .guards import (
     DeviceFiniteGuard,
     OutOfMemoryError,
@@ -44,7 +46,15 @@ from .loading import (
     max_positions,
 )
 from .loggers import make_loggers
-from .optim import Schedule, add_parameter_groups, build_optimizer, clip_gradients, parameter_groups
+from .model_setup import ModelSetup
+from .optim import (
+    Schedule,
+    add_parameter_groups,
+    build_optimizer,
+    check_optimizer_factory,
+    clip_gradients,
+    parameter_groups,
+)
 from .precision import resolve_precision
 from .resume import fingerprint as run_fingerprint
 from .resume import restore, write_checkpoint
@@ -59,11 +69,14 @@ class FineTuner:
 
     Args:
         model: a hub id or a local folder (loaded with `from_pretrained`, with the right head for the
-            task and the labels found in the data), or a model object.
+            task and the labels found in the data), a path to a `.gguf` file (model and tokenizer read
+            from it, de-quantized to float32; needs gguf), or a model object.
         task: "classification", "causal_lm" or "seq2seq".
         tokenizer: a tokenizer or its id/folder; by default loaded from `model`.
         preprocessor: a `Preprocessor` (default: one with safe cleaning and the model's length limit).
         freezer: a `LayerFreezer`, to train only the last blocks.
+        adapter: a `finetune_lib.adapters.LoRA`, to train LoRA adapters instead of the base weights (in the
+            last N blocks with `LayerFreezer(train_last=N)`, else in every block); needs peft.
         regularizers: `Regularizer` objects (weight decay, dropout, early stopping, ...).
         metrics: a `MetricSuite`; by default accuracy and macro F1 (classification), or perplexity and
             token accuracy (LM tasks).
@@ -87,7 +100,7 @@ class FineTuner:
     """
 
     def __init__(self, model: Any, task: str = "classification", *, tokenizer: Any = None,
-                 preprocessor: Preprocessor | None = None, freezer: Any = None,
+                 preprocessor: Preprocessor | None = None, freezer: Any = None, adapter: Any = None,
                  regularizers: Sequence[Callback] = (), metrics: Any = None, callbacks: Sequence[Callback] = (),
                  output_dir: str | Path | None = None, overwrite: bool = False, device: str | None = None,
                  progress: bool | None = None, loggers: Sequence[str | Callback] = ("jsonl",),
@@ -98,6 +111,7 @@ class FineTuner:
         self.tokenizer_source = tokenizer
         self.preprocessor = preprocessor if preprocessor is not None else Preprocessor()
         self.freezer = freezer
+        self.adapter = adapter
         self.regularizers = list(regularizers)
         self.metrics = suite_for_task(metrics, self.task.name)  # the default, or checked against the task now
         self.user_callbacks = list(callbacks)
@@ -106,6 +120,8 @@ class FineTuner:
         self.dist = DistributedContext.from_env(self.args.distributed)
         self.device = self.dist.device(device)
         self.precision = resolve_precision(self.args.precision, self.device)
+        # new tokens' embeddings, the adapter, checkpointing; peft/gguf missing or QLoRA on a CPU refused here
+        self._model_setup = ModelSetup(adapter, freezer, self.task.name, self.device, model)
         # reading a scalar back costs nothing on CPU (and FSDP's sharded norms stay on torch's path)
         self._host_reads_free = self.device.type == "cpu" and not self.dist.fsdp
         self._cpu = CpuPaths.for_run(self.device, self.args)  # fast paths on a CPU (none for GPUs)
@@ -122,10 +138,8 @@ class FineTuner:
         self.last_confidence: float | None = None
         self.last_artifacts: dict[str, Any] = {}
         self.weight_decay = configured_weight_decay(self.regularizers)  # WeightDecay(...) is the one way to set it
-        if optimizer is not None and not callable(optimizer):
-            raise TypeError("optimizer must be a factory: a callable taking the parameter groups and returning an "
-                            f"optimizer, e.g. lambda groups: torch.optim.SGD(groups, momentum=0.9); got {optimizer!r}.")
-        self.optimizer_factory = optimizer
+        self.optimizer_factory = check_optimizer_factory(optimizer)  # your optimizer, or None for AdamW
+        self._base_copy: dict[str, torch.Tensor] | None = None  # the weights before fit, for evaluate(baseline=True)
         self.model: torch.nn.Module | None = None
         self._train_model: torch.nn.Module | None = None  # the model, or its DDP wrapper during fit
         self.tokenizer: Any = None
@@ -164,6 +178,7 @@ class FineTuner:
         self._setup(train_records)
         assert self.model is not None
         model, pre = self.model, self.preprocessor
+        self._base_copy = keep_base_copy(self.model_source, model, self._base_copy)  # for evaluate(baseline=True)
         # 3. tokenize once; batches are padded per batch
         train_features = pre.encode(train_records, "train")
         val_features = pre.encode(val_records, "validation") if val_records else None
@@ -175,7 +190,7 @@ class FineTuner:
         steps_per_epoch = -(-len(batches) // args.gradient_accumulation)
         max_steps = args.max_steps or max(1, int(round(steps_per_epoch * args.epochs)))
         # 4. the run folder (refuses to mix runs), callbacks, optimizer and schedule
-        fingerprint = run_fingerprint(self.model_source, model, self.task.name, pre, args, self.freezer)
+        fingerprint = run_fingerprint(self.model_source, model, self.task.name, pre, args, self.freezer, self.adapter)
         with main_first(self.dist):
             if self.dist.is_main:
                 prepare_output_dir(self.output_dir, resume_from is not None, self.overwrite, fingerprint)
@@ -189,6 +204,7 @@ class FineTuner:
         self.weight_decay, self.task.label_smoothing = state.weight_decay, state.label_smoothing
         if self.freezer is not None:
             self.freezer.apply(model)
+        self._model_setup.after_freeze(model)  # embeddings grown for new tokens train, under a freezer too
         model.train()
         # torch.compile(model) with compile=True (same parameters), then DDP over the trainable ones, or FSDP
         self._train_model = self.dist.wrap(for_training(model, args.compile), self.device)
@@ -211,7 +227,8 @@ class FineTuner:
                  and DeviceFiniteGuard.usable(self.optimizer) else None)
         params = list(model.parameters())  # for clipping: the model's order, listed once (a per-step walk costs ~1%)
         # on a CPU: frozen weights cast once; with cpu_speedups the techniques of finetune_lib.speedups (cpu_paths.py)
-        with StopSignals() as signals, self._cpu.fit(model, self.precision.dtype, self.dist.enabled):
+        with (StopSignals() as signals, self._cpu.fit(model, self.precision.dtype, self.dist.enabled),
+              self._model_setup.training(model, args.gradient_checkpointing)):  # activation checkpointing if asked
             while state.step < max_steps and not state.should_stop:
                 order = batches.epoch(state.epoch)
                 if state.batch_in_epoch >= len(order):  # resumed right at an epoch boundary
@@ -295,34 +312,40 @@ class FineTuner:
         return self.history
 
     def evaluate(self, dataset: Any, slices: Any = None, confidence: float | None = None,
-                 batch_size: int | None = None) -> dict[str, float]:
-        """Loss and metrics on `dataset`; with `slices` per slice, with `confidence` bootstrap intervals."""
+                 batch_size: int | None = None, baseline: bool = False) -> dict[str, float]:
+        """Loss and metrics on `dataset`; with `slices` per slice, with `confidence` bootstrap intervals, with `baseline`
+        the base model's as ``baseline/<key>``; generated texts: ``last_artifacts["generations"]``, generations.jsonl."""
         records = as_records(dataset, "evaluation", self.task.name)
         self._setup(records)
         features = self.preprocessor.encode(records, "evaluation")
         check_token_ids(features, self.model, "evaluation")
         # FSDP: every process holds the full weights while evaluating; cpu_speedups: freed memory kept meanwhile
         with self.dist.unsharded(self.model), self._cpu.memory():
+            base = BaseSource(self.model_source, self.task, self.args.seed, self._base_copy,
+                              trained=self.state is not None) if baseline else None
             results = evaluate_model(self._eval_setup(), records, features, slices=slices, confidence=confidence,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, baseline=base)
         self.last_results, self.last_confidence = dict(results), confidence
         self.last_artifacts = dict(getattr(self.metrics, "last_artifacts", {}))  # e.g. a confusion matrix
+        write_generations(self.output_dir, self.last_artifacts.get("generations"), self.dist.is_main)
         return results
 
-    def predict(self, texts: Sequence[str] | Sequence[Mapping[str, Any]], batch_size: int | None = None,
-                max_new_tokens: int | None = None) -> list[Any]:
-        """Classification: `{"label", "score"}` per text. LM tasks: the generated text per prompt."""
-        if isinstance(texts, str):
-            raise TypeError("predict() takes a list of texts; wrap a single text in a list.")
-        key = "text" if self.task.name == "classification" else "prompt"
-        records = [dict(t) if isinstance(t, Mapping) else {key: t} for t in texts]
+    def predict(self, texts: Sequence[str] | Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]]],
+                batch_size: int | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
+                top_p: float | None = None, do_sample: bool | None = None) -> list[Any]:
+        """Classification: `{"label", "score"}` per text. LM tasks: the generated text of each prompt, record or
+        conversation (`{"messages": [...]}` or a list of messages); the run's generation settings, or these."""
+        records = as_predict_records(texts, self.task.name)
         self._setup(None)
         with self.dist.unsharded(self.model), self._cpu.memory():
-            return predict_records(self._eval_setup(), records, batch_size=batch_size, max_new_tokens=max_new_tokens)
+            return predict_records(self._eval_setup(), records, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, top_p=top_p, do_sample=do_sample)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, merge: bool = False) -> Path:
         """Write the model, tokenizer and label names to `path`, loadable by transformers' Auto classes
-        and `pipeline()`, with a model card (README.md)."""
+        and `pipeline()`, with a model card (README.md). With an adapter: peft's adapter folder (its base
+        written to `path/base` when it came from a GGUF file or a model object), or with `merge=True` a
+        plain model with the adapter merged in (the tuner's model keeps its adapter)."""
         if self.model is None:
             raise RuntimeError("Nothing to save yet: call fit() first (or evaluate()/predict() to load the model).")
         from ..reporting.model_card import write_model_card
@@ -332,8 +355,7 @@ class FineTuner:
         if self.dist.is_main:  # one writer under torchrun
             check_finite_model(weights if weights is not None else self.model.state_dict(), path)  # never NaN weights
             path.mkdir(parents=True, exist_ok=True)
-            self.model.save_pretrained(path, state_dict=weights)
-            self.tokenizer.save_pretrained(path)
+            self._model_setup.save(self.model, self.tokenizer, path, weights, merge)  # model/adapter + tokenizer
             write_model_card(self, path)
         self.dist.barrier()
         return path
@@ -406,7 +428,7 @@ class FineTuner:
                     raise OutOfMemoryError(
                         "Out of memory with one example per micro-batch. Lower max_length in the Preprocessor, "
                         "use precision='bf16', freeze more blocks (LayerFreezer), enable gradient checkpointing "
-                        "(model.gradient_checkpointing_enable()), or use a larger device.") from error
+                        "(gradient_checkpointing=True), or use a larger device.") from error
                 state.extra["micro_batch_split"] = split * 2
                 log.warning("out of memory at step %d: micro-batches of %d examples split in two (%d per step, "
                             "same effective batch)", state.step + 1, largest, len(pieces) * 2)
@@ -431,7 +453,8 @@ class FineTuner:
             labels = {"id2label": pre.id2label, "label2id": {str(n): i for i, n in enumerate(pre.label_names or [])},
                       "observed": pre.observed_labels}
             self._seed_everything(self.args.seed)  # a freshly initialized head is the same in every run
-            self.model = load_model(self.model_source, self.task, labels if classification else None).to(self.device)
+            self.model = load_model(self.model_source, self.task, labels if classification else None,
+                                    **self._model_setup.load_options).to(self.device)
             if getattr(self.model.config, "pad_token_id", None) is None:
                 self.model.config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
         if pre.pack:  # attention must stay inside each packed example: refuse models that cannot
@@ -442,6 +465,7 @@ class FineTuner:
             pre.setup(self.tokenizer, self.task.name, None, max_positions(self.model.config))
             if getattr(self.model.config, "pad_token_id", None) is None:
                 self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model = self._model_setup.prepare(self.model, self.tokenizer)  # once: new tokens' rows, then the adapter
 
     def _callbacks(self, state: TrainState) -> list[Callback]:
         built: list[Callback] = []
@@ -483,7 +507,8 @@ class FineTuner:
         return EvalSetup(model=self.model, task=self.task, preprocessor=self.preprocessor, tokenizer=self.tokenizer,
                          metrics=self.metrics, device=self.device, autocast=self.precision.autocast, dist=self.dist,
                          batch_size=args.eval_batch_size or 2 * args.batch_size, max_new_tokens=args.max_new_tokens,
-                         generation_time_budget=args.generation_time_budget, seed=args.seed)
+                         generation_time_budget=args.generation_time_budget, seed=args.seed,
+                         temperature=args.temperature, top_p=args.top_p, do_sample=args.do_sample)
 
     @staticmethod
     def _seed_everything(seed: int) -> None:

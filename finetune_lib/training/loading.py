@@ -13,6 +13,7 @@ import torch
 from transformers import AutoTokenizer
 
 from ..tasks import Task
+from .gguf import is_gguf, load_gguf_model, load_gguf_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ REQUIRED_KEYS = {"classification": ("text", "label"), "causal_lm": ("target",), 
 def as_records(data: Any, split: str, task: str, need_labels: bool = True) -> list[dict[str, Any]]:
     """Accept a Records/list of dicts, a pandas DataFrame, a DatasetBuilder or an HF Dataset.
 
-    Checks that the records carry the keys the task needs, and are not empty.
+    Checks that the records carry the keys the task needs, and are not empty. Conversation records
+    (`{"messages": [...]}`, causal_lm only) are checked by `finetune_lib.data.chat.check_conversations`.
     """
     if data is None:
         raise ValueError(f"The {split} data is None. Pass a list of records or a split from DatasetBuilder.")
@@ -44,6 +46,8 @@ def as_records(data: Any, split: str, task: str, need_labels: bool = True) -> li
     needed = REQUIRED_KEYS[task]
     if task == "causal_lm":
         needed = ("target",) if "target" in records[0] else ("text",)
+    if any("messages" in r for r in records):
+        needed = ()  # conversations: check_value_types checks them
     if not need_labels:
         needed = tuple(k for k in needed if k not in ("label", "target"))
     for i, r in enumerate(records):
@@ -75,8 +79,19 @@ def check_value_types(records: list[dict[str, Any]], split: str, task: str, need
     (pandas' missing value, or a bare `NaN` in a JSONL file), numbers and lists are refused, since
     they would be trained on as the texts "None", "nan" or "[...]". A classification `label` must be a
     str, an int or a bool (an integral float such as 1.0 passes as an id). The error names the
-    records (index in `split`) and the fix.
+    records (index in `split`) and the fix. Conversations (causal_lm) must be lists of messages with a
+    known role and non-empty string content, with an assistant turn to learn when `need_labels`,
+    and not mixed with other records (`finetune_lib.data.chat.check_conversations`).
     """
+    if any("messages" in r for r in records):
+        from ..data.chat import check_conversations
+
+        if task != "causal_lm":
+            raise ValueError(f"The {split} data holds conversations (messages), which task {task!r} cannot read: "
+                             "use task='causal_lm', or give text/label (classification) or prompt/target (seq2seq) "
+                             "records.")
+        check_conversations(records, split, need_assistant=need_labels)
+        return
     if task == "classification":
         keys = ["text"]
     elif task == "causal_lm" and "target" not in records[0]:
@@ -173,17 +188,21 @@ def max_positions(config: Any) -> int | None:
 def load_tokenizer(source: Any, tokenizer: Any) -> Any:
     if tokenizer is not None:
         return AutoTokenizer.from_pretrained(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+    if is_gguf(source):  # the tokenizer stored in the GGUF file
+        return load_gguf_tokenizer(source)
     if isinstance(source, (str, Path)):
         return AutoTokenizer.from_pretrained(str(source))
     raise ValueError("A model object was passed without a tokenizer. Pass tokenizer=... (a tokenizer object "
                      "or a hub id / folder), or pass the model as a hub id or folder.")
 
 
-def load_model(source: Any, task: Task, labels: dict[str, Any] | None) -> torch.nn.Module:
+def load_model(source: Any, task: Task, labels: dict[str, Any] | None, **options: Any) -> torch.nn.Module:
     """`from_pretrained` with the right head (and label names for classification), or the object itself.
 
     A head whose size is fixed (a model object, or a folder fine-tuned for named labels) must fit the
-    data's labels; that is checked here, before any weights are loaded or trained.
+    data's labels; that is checked here, before any weights are loaded or trained. A path to a `.gguf`
+    file loads a plain float32 model from it (`finetune_lib.training.gguf`). `options` go to
+    `from_pretrained` (QLoRA's `quantization_config` and `device_map`).
     """
     if isinstance(source, torch.nn.Module):
         model = source
@@ -198,8 +217,10 @@ def load_model(source: Any, task: Task, labels: dict[str, Any] | None) -> torch.
             check_fixed_head(config, labels, repr(str(source)), source=str(source))
         kwargs = {"num_labels": len(labels["id2label"]), "id2label": labels["id2label"],
                   "label2id": labels["label2id"], "ignore_mismatched_sizes": True}
+    if is_gguf(source):
+        return load_gguf_model(source, task.auto_class, **kwargs)
     try:
-        return task.auto_class.from_pretrained(str(source), **kwargs)
+        return task.auto_class.from_pretrained(str(source), **kwargs, **options)
     except OSError as e:
         raise OSError(f"Could not load a model from {source!r}: {e}. Give a local folder written by "
                       "save_pretrained()/FineTuner.save(), or a hub id (with network access).") from e

@@ -20,7 +20,8 @@ import torch
 
 from ..modeling import NORM_TYPES, WEIGHT_TYPES, is_norm_module
 
-__all__ = ["NORM_TYPES", "WEIGHT_TYPES", "Schedule", "add_parameter_groups", "build_optimizer", "check_schedule",
+__all__ = ["NORM_TYPES", "WEIGHT_TYPES", "Schedule", "add_parameter_groups", "build_optimizer", "check_optimizer_factory",
+           "check_schedule",
            "clip_gradients", "is_norm_module", "no_decay_parameter_names", "parameter_groups", "schedule_factor"]
 
 def no_decay_parameter_names(model: torch.nn.Module) -> set[str]:
@@ -79,6 +80,14 @@ def parameter_groups(
         groups[key]["params"].append(param)
         groups[key]["names"].append(name)
     return list(groups.values())
+
+
+def check_optimizer_factory(factory: Any) -> Any:
+    """`factory` when it is None or callable; a TypeError with the expected form otherwise."""
+    if factory is not None and not callable(factory):
+        raise TypeError("optimizer must be a factory: a callable taking the parameter groups and returning an "
+                        f"optimizer, e.g. lambda groups: torch.optim.SGD(groups, momentum=0.9); got {factory!r}.")
+    return factory
 
 
 def build_optimizer(groups: list[dict[str, Any]], learning_rate: float, device: torch.device,

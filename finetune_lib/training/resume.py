@@ -18,7 +18,8 @@ from .rundir import compare_fingerprints, write_run_file
 log = logging.getLogger(__name__)
 
 
-def fingerprint(source: Any, model: Any, task: str, preprocessor: Any, args: Any, freezer: Any) -> dict[str, Any]:
+def fingerprint(source: Any, model: Any, task: str, preprocessor: Any, args: Any, freezer: Any,
+                adapter: Any = None) -> dict[str, Any]:
     """The settings a resumed run must share with the checkpoint (compared on resume).
 
     The model is named by its source (path or hub id, or its class for a model object) and
@@ -32,6 +33,7 @@ def fingerprint(source: Any, model: Any, task: str, preprocessor: Any, args: Any
         preprocessor: the run's `Preprocessor` (labels, max_length).
         args: the run's `TrainingArgs`.
         freezer: the `LayerFreezer`, or None.
+        adapter: the adapter settings (`LoRA(...)`), or None.
     """
     return {
         "model": str(source) if isinstance(source, (str, Path)) else type(source).__name__,
@@ -42,6 +44,7 @@ def fingerprint(source: Any, model: Any, task: str, preprocessor: Any, args: Any
         "gradient_accumulation": args.gradient_accumulation,
         "max_length": preprocessor.max_length,
         "freezer": repr(freezer) if freezer is not None else None,
+        **({"adapter": repr(adapter)} if adapter is not None else {}),
         "seed": args.seed,
     }
 

@@ -70,7 +70,7 @@ def prepare_output_dir(output_dir: Path | None, resuming: bool, overwrite: bool,
     if not resuming and overwrite:
         shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
         shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)
-        for name in (RUN_FILE, LOG_FILE, "log.csv"):
+        for name in (RUN_FILE, LOG_FILE, "log.csv", "generations.jsonl"):
             (output_dir / name).unlink(missing_ok=True)
     if not resuming or not (output_dir / RUN_FILE).exists():  # a resume rewrites it once the settings are checked
         write_run_file(output_dir, fingerprint)

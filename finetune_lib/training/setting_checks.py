@@ -27,10 +27,11 @@ class Rule:
     low: float
     low_ok: bool  # the bound itself is allowed
     fix: str
-    high: float | None = None  # exclusive
+    high: float | None = None  # exclusive, unless high_ok
     none: bool = False  # None is allowed
     words: tuple[str, ...] = ()  # strings also allowed, e.g. "epoch"
     what: str | None = None  # how to say it, when not the generic way
+    high_ok: bool = False  # the upper bound itself is allowed
 
     def describe(self) -> str:
         what = "an integer" if self.integer else "a finite number"
@@ -61,7 +62,7 @@ class Rule:
             return False
         if value < self.low or (value == self.low and not self.low_ok):
             return False
-        return self.high is None or value < self.high
+        return self.high is None or value < self.high or (self.high_ok and value == self.high)
 
 
 RULES: dict[str, Rule] = {
@@ -84,8 +85,12 @@ RULES: dict[str, Rule] = {
     "generation_time_budget": Rule(False, 0, False, "Seconds of generation per evaluation, e.g. 600; None for no "
                                                     "limit.", none=True, what="a positive number of seconds"),
     "seed": Rule(True, 0, True, "Any integer from 0 to 2**32 - 1, e.g. 0.", high=2**32),
+    "temperature": Rule(False, 0, False, "It divides the logits before sampling (do_sample=True): 1.0 keeps the "
+                                         "model's distribution, lower is more conservative, e.g. 0.7."),
+    "top_p": Rule(False, 0, False, "Sampling keeps the smallest set of tokens whose probability reaches top_p: 1.0 "
+                                   "keeps them all, e.g. 0.9.", high=1, high_ok=True, what="a number in (0, 1]"),
 }
-FLAGS = ("group_by_length",)
+FLAGS = ("group_by_length", "do_sample")
 
 
 def check_numbers(args: Any) -> None:

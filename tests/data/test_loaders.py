@@ -301,3 +301,23 @@ def test_real_amazon_file_loads_as_it_is():
         assert b.records.label_counts() == {0: 500, 1: 500}
         assert b.dropped == {"stray_header": 1}
         assert all(set(r) == {"text", "label"} and r["text"].strip() for r in b)
+
+
+CHAT = [{"role": "user", "content": "where is my package"}, {"role": "assistant", "content": "it ships today"}]
+
+
+def test_conversations_from_pandas_parquet_and_hf_like_sources(tmp_path):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"dialog": [CHAT, None], "topic": ["orders", "none"]})
+    b = DatasetBuilder.from_pandas(df, messages="dialog")
+    assert list(b) == [{"messages": CHAT, "topic": "orders"}] and b.dropped == {"empty_messages": 1}
+    if importlib.util.find_spec("pyarrow") is not None:  # lists of structs come back as numpy arrays of dicts
+        path = tmp_path / "chats.parquet"
+        pd.DataFrame({"messages": [CHAT, CHAT[:1] + CHAT[1:]]}).to_parquet(path)
+        assert [r["messages"] for r in DatasetBuilder.from_file(path)] == [CHAT, CHAT]
+
+    class FakeDataset(list):
+        column_names = ["messages", "prompt"]
+
+    hf = DatasetBuilder.from_hf(FakeDataset([{"messages": CHAT, "prompt": "where is my package"}]))
+    assert hf[0]["messages"] == CHAT  # a conversation's own prompt column is kept beside it
