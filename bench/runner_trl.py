@@ -57,9 +57,12 @@ def chat(cfg: dict[str, Any]) -> dict[str, Any]:
         meter = Meter()
         trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(records),
                              processing_class=tok, peft_config=peft_config, callbacks=[meter])
-        # the target tokens each step trains on, from TRL's own tokenized data (completion_mask)
+        # the target tokens each example trains on, from TRL's own tokenized data
         tokenized = trainer.train_dataset
-        target_tokens = [sum(m) for m in tokenized["completion_mask"]]
+        if "completion_mask" in tokenized.column_names:
+            target_tokens = [sum(m) for m in tokenized["completion_mask"]]
+        else:  # TRL 1.16 builds the labels itself (-100 outside the completion)
+            target_tokens = [sum(1 for x in labels if x != -100) for labels in tokenized["labels"]]
         prep_s = time.perf_counter() - t0
         trainer.train()
         wall = time.perf_counter() - t0
