@@ -27,6 +27,8 @@ from transformers import (
     T5Config,
 )
 
+from .events import Callback, TrainState
+
 ARCHITECTURES = ("gpt2", "llama", "bert", "t5")
 
 _WORDS = (
@@ -167,3 +169,18 @@ def tiny_chat_tokenizer(chat_template: str | None = SMOLLM2_CHAT_TEMPLATE, eos_t
     tok.eos_token = eos_token
     tok.chat_template = chat_template
     return tok
+
+
+class StopAt(Callback):
+    """Ends training after optimizer step `step` (`state.should_stop`), as a kill would; for resume tests.
+
+    Example:
+        >>> tuner = FineTuner(..., callbacks=[StopAt(2)])   # fit returns after step 2
+    """
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_optimizer_step(self, state: TrainState) -> None:
+        if state.step == self.step:
+            state.should_stop = True

@@ -38,15 +38,6 @@ def logits(model, tok, text: str = "the phone battery lasts all day") -> torch.T
         return model(torch.tensor([tok(text).input_ids])).logits
 
 
-class StopAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_optimizer_step(self, state):
-        if state.step == self.step:
-            state.should_stop = True
-
-
 class GradientsAt(Callback):
     """Keeps a copy of every gradient at the first optimizer step (before clipping changes nothing here)."""
 

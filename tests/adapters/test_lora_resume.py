@@ -5,8 +5,9 @@ import torch
 
 from finetune_lib import LayerFreezer
 from finetune_lib.adapters import LoRA
+from finetune_lib.testing import StopAt
 
-from .helpers import StopAt, llama_and_tokenizer, text_records, tuner
+from .helpers import llama_and_tokenizer, text_records, tuner
 
 
 def make(out, callbacks=(), adapter=None, **kw):

@@ -6,6 +6,7 @@ import torch
 
 from finetune_lib import Callback, FineTuner, LayerFreezer
 from finetune_lib.regularizers import L2SP, Dropout, EarlyStopping, LabelSmoothing, WeightDecay
+from finetune_lib.testing import StopAt
 
 from ..training.helpers import classification_records, generation_records, model_and_tokenizer
 
@@ -31,15 +32,6 @@ def test_train_last_2_leaves_frozen_weights_bit_for_bit(arch, task):
     assert changed and changed <= trainable
     in_optimizer = {n for g in t.optimizer.param_groups for n in g["names"]}
     assert in_optimizer == trainable
-
-
-class StopAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_optimizer_step(self, state):
-        if state.step == self.step:
-            state.should_stop = True
 
 
 def test_gradual_unfreezing_survives_exact_resume(tmp_path):

@@ -7,20 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune_lib import Callback, FineTuner
-from finetune_lib.testing import save_tiny_pretrained, tiny_model, tiny_tokenizer
+from finetune_lib import FineTuner
+from finetune_lib.testing import StopAt, save_tiny_pretrained, tiny_model, tiny_tokenizer
 from finetune_lib.training import checkpoint as ckpt
 
 from .helpers import classification_records, generation_records, model_and_tokenizer
-
-
-class StopAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_optimizer_step(self, state):
-        if state.step == self.step:
-            state.should_stop = True
 
 
 def make(arch, task, out, callbacks=(), **kw):
