@@ -49,6 +49,7 @@ bench: $(STAMP) $(SMOLLM2)
 	$(PY) bench/run.py
 	$(PY) bench/preprocess_bench.py
 	$(PY) bench/soak.py
+	$(PY) bench/chat_recipes.py
 
 # on a CUDA GPU: MFU of GPT-2-124M at 1,024 tokens, eager and compiled -> bench/gpu_mfu.json (sized for ~4-5 min)
 gpu-mfu: $(STAMP)

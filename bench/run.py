@@ -294,7 +294,8 @@ def main() -> None:
     result = {**flat(summary), "meta": meta}
     results_file = BENCH / f"results{suffix}.json"
     if results_file.exists():  # keep what preprocess_bench.py and soak.py merged in
-        kept = {k: v for k, v in json.loads(results_file.read_text()).items() if k.startswith(("preprocess_", "soak_"))}
+        kept = {k: v for k, v in json.loads(results_file.read_text()).items()
+                if k.startswith(("preprocess_", "soak_", "chat_recipes"))}
         result.update(kept)
     results_file.write_text(json.dumps(result, indent=1) + "\n")
     (BENCH / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1) + "\n")
