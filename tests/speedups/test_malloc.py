@@ -62,26 +62,9 @@ def test_reuse_removes_the_page_faults_inside_the_block_only_and_gives_the_memor
     assert after >= 6 * 2048  # so the next 48 MiB are faulted in again (more, as the heap's layout allows)
 
 
-class _SpyLibc:
-    """Records mallopt and malloc_trim calls instead of making them."""
-
-    def __init__(self):
-        self.calls: list[tuple[str, int, int]] = []
-
-    def mallopt(self, param: int, value: int) -> int:
-        self.calls.append(("mallopt", param, value))
-        return 1
-
-    def malloc_trim(self, pad: int) -> int:
-        self.calls.append(("malloc_trim", pad, 0))
-        return 1
-
-
 @pytest.fixture
-def spy(monkeypatch) -> _SpyLibc:
-    libc = _SpyLibc()
-    monkeypatch.setattr(malloc, "glibc", lambda: libc)
-    return libc
+def spy(libc_spy):
+    return libc_spy
 
 
 def _settings(values: dict[int, int]) -> list[tuple[str, int, int]]:

@@ -27,24 +27,9 @@ def _minilm():
     return model, AutoTokenizer.from_pretrained(path)
 
 
-class _SpyLibc:
-    def __init__(self):
-        self.calls: list[tuple] = []
-
-    def mallopt(self, param: int, value: int) -> int:
-        self.calls.append(("mallopt", param, value))
-        return 1
-
-    def malloc_trim(self, pad: int) -> int:
-        self.calls.append(("malloc_trim", pad))
-        return 1
-
-
 @pytest.fixture
-def libc(monkeypatch) -> _SpyLibc:
-    spy = _SpyLibc()
-    monkeypatch.setattr(malloc, "glibc", lambda: spy)
-    return spy
+def libc(libc_spy):
+    return libc_spy
 
 
 def _fit(model, tok, callbacks=(), **settings):
@@ -171,4 +156,4 @@ def test_cpu_speedups_turns_the_opt_in_paths_on_for_the_run_and_off_after(libc):
     assert tuner.model.config._attn_implementation == "sdpa" and F.scaled_dot_product_attention is sdpa
     assert all(h["train/loss"] == h["train/loss"] for h in tuner.history if "train/loss" in h)  # finite losses
     assert libc.calls == ([("mallopt", p, v) for p, v in malloc.SETTINGS.items()]
-                          + [("mallopt", p, v) for p, v in malloc.DEFAULTS.items()] + [("malloc_trim", 0)])
+                          + [("mallopt", p, v) for p, v in malloc.DEFAULTS.items()] + [("malloc_trim", 0, 0)])
