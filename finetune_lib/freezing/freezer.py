@@ -30,6 +30,7 @@ from typing import Any
 from torch import nn
 
 from ..events import Callback, TrainState
+from .adapted import adapter_parameters, block_paths
 from .blocks import ModelParts, compile_patterns, find_parts
 from .cache import PrefixCache
 from .nograd import NoGradPrefix
@@ -71,27 +72,6 @@ def _trained_block_count(n: int, train_last: int | None, freeze_first: int | Non
     if train_fraction is not None:
         return min(n, math.ceil(float(train_fraction) * n - 1e-9))
     return 0 if has_include else n
-
-
-def adapter_parameters(model: nn.Module) -> set[str] | None:
-    """The names of an adapter's parameters when `model` is a peft model (the LoRA matrices and the
-    copies peft trains for `modules_to_save`), else None. Read from peft's naming (the tuner's prefix,
-    `lora_`, and `.modules_to_save.`), so calling it again gives the same answer whatever
-    `requires_grad` says."""
-    prefix = getattr(getattr(model, "base_model", None), "prefix", None)
-    if not hasattr(model, "peft_config") or not isinstance(prefix, str) or not prefix:
-        return None
-    return {n for n, _ in model.named_parameters() if prefix in n or ".modules_to_save." in n}
-
-
-def _block_paths(model: nn.Module, blocks: str | Sequence[str] | None) -> str | list[str] | None:
-    """`blocks` (paths in the base model) as paths in `model`, which may be a peft model around it."""
-    if blocks is None or not hasattr(model, "get_base_model"):
-        return blocks
-    inner = next((n for n, m in model.named_modules() if m is model.get_base_model()), "")
-    paths = [blocks] if isinstance(blocks, str) else list(blocks)
-    modules = dict(model.named_modules())
-    return [b if b in modules or not inner else f"{inner}.{b}" for b in paths]
 
 
 def _matching(parts: ModelParts, names: Iterable[str], patterns: list[tuple[str, Callable[[str], bool]]],
@@ -292,7 +272,7 @@ class LayerFreezer(Callback):
         """Freeze `model` in place, prepare gradual unfreezing and layer-wise decay; return the summary.
         Calling it again (e.g. on resume) starts over from the configuration."""
         self._prefix.remove()
-        parts = find_parts(model, _block_paths(model, self.blocks))
+        parts = find_parts(model, block_paths(model, self.blocks))
         train, self._excluded = trainable_selection(
             model, parts, train_last=self.train_last, freeze_first=self.freeze_first,
             train_fraction=self.train_fraction, include=self.include, exclude=self.exclude,

@@ -29,18 +29,18 @@ from .evaluation import EvalSetup, evaluate_model, predict_records
 from .generations import as_predict_records, write_generations
 from .guards import (
     DeviceFiniteGuard,
-    OutOfMemoryError,
     StopSignals,
     deferred_nonfinite,
     gradient_norm,
     is_out_of_memory,
+    split_after_out_of_memory,
     step_is_finite,
 )
 from .loading import (
     as_records,
     check_overlap,
     check_token_ids,
-    labels_from_model,
+    fit_labels,
     load_model,
     load_tokenizer,
     max_positions,
@@ -419,19 +419,8 @@ class FineTuner:
                     if failure is not None:
                         raise failure from error
                     raise
-                state.outputs = state.loss = state.batch = None
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                largest = max(len(p) for p in pieces)
-                if largest <= 1:
-                    raise OutOfMemoryError(
-                        "Out of memory with one example per micro-batch. Lower max_length in the Preprocessor, "
-                        "use precision='bf16', freeze more blocks (LayerFreezer), enable gradient checkpointing "
-                        "(gradient_checkpointing=True), or use a larger device.") from error
-                state.extra["micro_batch_split"] = split * 2
-                log.warning("out of memory at step %d: micro-batches of %d examples split in two (%d per step, "
-                            "same effective batch)", state.step + 1, largest, len(pieces) * 2)
+                # drop this step's partial work, then split the micro-batches in two (or give up at one example)
+                split_after_out_of_memory(error, state, pieces, self.optimizer, self.device)
 
     def _setup(self, records: list[dict[str, Any]] | None) -> None:
         """Load tokenizer and model once; learn labels from `records` (training data) when needed."""
@@ -439,16 +428,8 @@ class FineTuner:
             self.tokenizer = load_tokenizer(self.model_source, self.tokenizer_source)
         pre = self.preprocessor
         classification = self.task.name == "classification"
-        if classification and not pre.label2id:
-            model_labels = labels_from_model(self.model if self.model is not None else self.model_source)
-            if records is None:  # evaluate/predict before fit: the model's own labels
-                if model_labels is None:
-                    raise RuntimeError("The label names are unknown: call fit() first, or load a fine-tuned model.")
-                pre.label_names = model_labels
-                records = [{"label": n} for n in model_labels]
-            elif model_labels and {str(r["label"]) for r in records} <= {str(n) for n in model_labels}:
-                pre.label_names = [type(records[0]["label"])(n) for n in model_labels]  # keep the head's order
-            pre.fit_labels(records)
+        if classification and not pre.label2id:  # from the training data, or the fine-tuned head's own
+            fit_labels(pre, self.model if self.model is not None else self.model_source, records)
         if self.model is None:
             labels = {"id2label": pre.id2label, "label2id": {str(n): i for i, n in enumerate(pre.label_names or [])},
                       "observed": pre.observed_labels}

@@ -209,3 +209,23 @@ def deferred_nonfinite(guard: DeviceFiniteGuard, state: TrainState, windows: int
                "max_grad_norm, log every step (log_every=1) to find the step, or pass on_nonfinite='skip'.")
     stop_or_skip(state, message, bad, bad == windows, on_nonfinite)
     return bad
+
+
+def split_after_out_of_memory(error: BaseException, state: TrainState, pieces: list[list[int]],
+                              optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """After an out-of-memory error in a step: drop its partial work (outputs, loss, gradients) and ask
+    for micro-batches half the size (`state.extra["micro_batch_split"]`), the same effective batch;
+    raise `OutOfMemoryError` with the fixes when a micro-batch already holds one example."""
+    state.outputs = state.loss = state.batch = None
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    largest = max(len(p) for p in pieces)
+    if largest <= 1:
+        raise OutOfMemoryError(
+            "Out of memory with one example per micro-batch. Lower max_length in the Preprocessor, "
+            "use precision='bf16', freeze more blocks (LayerFreezer), enable gradient checkpointing "
+            "(gradient_checkpointing=True), or use a larger device.") from error
+    state.extra["micro_batch_split"] = state.extra.get("micro_batch_split", 1) * 2
+    log.warning("out of memory at step %d: micro-batches of %d examples split in two (%d per step, "
+                "same effective batch)", state.step + 1, largest, len(pieces) * 2)

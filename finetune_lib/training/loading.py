@@ -307,3 +307,18 @@ def labels_from_model(source: Any) -> list[Any] | None:
     if config is None and isinstance(source, (str, Path)):
         config = _try_config(source)
     return head_label_names(config)
+
+
+def fit_labels(pre: Any, model_or_source: Any, records: list[dict[str, Any]] | None) -> None:
+    """Give the Preprocessor its label mapping: from the training `records`, in the order of a
+    fine-tuned head's own labels when they cover the data; with no records (evaluate/predict before
+    fit), the head's labels alone."""
+    model_labels = labels_from_model(model_or_source)
+    if records is None:
+        if model_labels is None:
+            raise RuntimeError("The label names are unknown: call fit() first, or load a fine-tuned model.")
+        pre.label_names = model_labels
+        records = [{"label": n} for n in model_labels]
+    elif model_labels and {str(r["label"]) for r in records} <= {str(n) for n in model_labels}:
+        pre.label_names = [type(records[0]["label"])(n) for n in model_labels]  # keep the head's order
+    pre.fit_labels(records)
