@@ -16,6 +16,7 @@ deduplicate: true              # .deduplicate() (or a dict of its arguments)
 split: {validation: 0.1, test: 0.1, stratify: true, seed: 0}  # .split(**split)
 preprocessor: {clean: [html, whitespace], max_length: 128}    # Preprocessor(**preprocessor)
 freezer: {train_last: 2}       # LayerFreezer(**freezer)
+adapter: {r: 16, alpha: 32}    # FineTuner(adapter=LoRA(**adapter)), needs finetune_lib[peft]
 regularizers:                  # finetune_lib.regularizers.<Name>(...)
   - WeightDecay: 0.01
   - EarlyStopping: {monitor: validation/f1, patience: 2}
@@ -77,7 +78,7 @@ def _tuner(config: Mapping[str, Any], parts: Mapping[str, Any]) -> Any:
     from .training.finetuner import FineTuner
 
     return FineTuner(config["model"], task=config.get("task", "classification"), tokenizer=config.get("tokenizer"),
-                     preprocessor=parts["preprocessor"], freezer=parts["freezer"],
+                     preprocessor=parts["preprocessor"], freezer=parts["freezer"], adapter=parts["adapter"],
                      regularizers=parts["regularizers"], metrics=parts["metrics"],
                      output_dir=config.get("output_dir"), **section(config, "training"))
 
@@ -141,7 +142,7 @@ def run_evaluate(config: Mapping[str, Any]) -> dict[str, Any]:
     """Evaluate a (fine-tuned) model on the data of `config`: the whole file, or with `split` given,
     the `evaluate_on` split of it."""
     validate_config(config, "evaluate")
-    parts = build_components(config)
+    parts = {**build_components(config), "adapter": None}  # a saved model is evaluated as it is
     splits = _load_splits(config, split="split" in config)
     name = "train" if "split" not in config else (config.get("evaluate_on") or "test")
     if name == "none":

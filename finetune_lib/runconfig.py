@@ -21,6 +21,7 @@ KNOWN_KEYS: dict[str, str] = {
     "remove_leakage": "true to drop validation/test records that duplicate an earlier split",
     "preprocessor": "Preprocessor arguments: clean, max_length, prompt_template, labels, ...",
     "freezer": "LayerFreezer arguments: train_last, freeze_first, unfreeze_every, lr_decay, ...",
+    "adapter": "LoRA adapter arguments (finetune_lib.adapters.LoRA): r, alpha, dropout, target_modules, ...",
     "regularizers": "a list of regularizer names, or {Name: value} / {Name: {argument: value}}",
     "metrics": "a list of metric names, or {name: {argument: value}}",
     "training": "FineTuner settings: epochs, batch_size, learning_rate, precision, ... and device, overwrite",
@@ -244,8 +245,28 @@ def _construct(cls: type, kwargs: Mapping[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: {err}") from None
 
 
+def _adapter(config: Mapping[str, Any]) -> Any:
+    """The LoRA adapter of `adapter: {r: 16, alpha: 32, ...}` (`adapter: true` for LoRA's defaults), or None."""
+    spec = config.get("adapter")
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        spec = {}
+    if isinstance(spec, Mapping) and len(spec) == 1 and _norm(str(next(iter(spec)))) == "lora":
+        spec = next(iter(spec.values())) or {}  # adapter: {LoRA: {r: 8}} reads the same as adapter: {r: 8}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"adapter must be a mapping of LoRA arguments, e.g. adapter: {{r: 16, alpha: 32}}, "
+                          f"or true for the defaults; got {spec!r}")
+    from .adapters import LoRA, require_peft
+
+    adapter = _construct(LoRA, spec, "adapter")
+    require_peft()  # before any data is read
+    return adapter
+
+
 def build_components(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The Preprocessor, LayerFreezer, regularizers and MetricSuite a config describes (no data or model)."""
+    """The Preprocessor, LayerFreezer, LoRA adapter, regularizers and MetricSuite a config describes (no
+    data or model)."""
     from . import metrics as metrics_module
     from . import regularizers as regularizers_module
     from .data.preprocessor import Preprocessor
@@ -256,6 +277,7 @@ def build_components(config: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"preprocessor": _construct(Preprocessor, section(config, "preprocessor"), "preprocessor")}
     freezer = config.get("freezer")
     out["freezer"] = _construct(LayerFreezer, section(config, "freezer"), "freezer") if freezer else None
+    out["adapter"] = _adapter(config)
     regs = config.get("regularizers") or []
     if not isinstance(regs, list):
         raise ConfigError(f"regularizers must be a list, e.g. [WeightDecay: 0.01], got {regs!r}")
