@@ -32,6 +32,7 @@ from .sections import (
     add_settings,
     add_validation,
     add_versions,
+    freezing_heading,
     split_results,
     training_summary,
 )
@@ -237,7 +238,7 @@ def write_model_card(run: Any, folder: str | Path, results: Mapping[str, Any] | 
     doc.heading("Training data", 2)
     add_data(doc, run, data_report)
     doc.heading("Training procedure", 2)
-    doc.heading("Layer freezing", 3)
+    doc.heading(freezing_heading(run), 3)
     add_freezing(doc, run)
     doc.heading("Hyperparameters", 3)
     add_settings(doc, run)

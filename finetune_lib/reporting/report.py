@@ -29,6 +29,7 @@ from .sections import (
     add_settings,
     add_validation,
     add_versions,
+    freezing_heading,
     training_summary,
 )
 from .tuner_info import as_run_info
@@ -86,7 +87,7 @@ def build_report(run: Any, results: Mapping[str, Any] | None, base: Path | None 
         doc.paragraph("No evaluation ran during training (pass validation data to `fit()`).")
     doc.heading("Data", 2)
     add_data(doc, run, data_report)
-    doc.heading("Layer freezing", 2)
+    doc.heading(freezing_heading(run), 2)
     add_freezing(doc, run, freeze_summary)
     doc.heading("Settings", 2)
     add_settings(doc, run)

@@ -18,7 +18,7 @@ from .document import Document
 from .run_info import RunInfo, split_baseline
 
 __all__ = [
-    "adapter_sentence", "add_comparison", "add_data", "add_freezing", "add_results", "add_settings", "add_validation", "add_versions", "fmt",
+    "adapter_sentence", "add_comparison", "freezing_heading", "add_data", "add_freezing", "add_results", "add_settings", "add_validation", "add_versions", "fmt",
     "split_results", "training_summary", "validation_table", "versions",
 ]
 
@@ -288,6 +288,13 @@ def adapter_sentence(adapter: Mapping[str, Any], saved_as: str | None = None) ->
     elif saved_as == "merged":
         text += " The adapters are merged into the weights of this folder: it loads without peft."
     return text
+
+
+def freezing_heading(run: RunInfo) -> str:
+    """The heading of `add_freezing`'s section: it names the adapter when one was trained."""
+    if not run.adapter:
+        return "Layer freezing"
+    return "Adapters" if run.freezer is None else "Adapters and layer freezing"
 
 
 def add_freezing(doc: Document, run: RunInfo, summary: Any = None) -> None:

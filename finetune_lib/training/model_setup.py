@@ -67,6 +67,12 @@ def grow_embeddings(model: Any, tokenizer: Any) -> list[str]:
     return names
 
 
+def _embedding_rows(model: Any) -> int:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    return int(weight.shape[0]) if weight is not None else 0
+
+
 def _checkpointing_on(model: Any) -> bool:
     return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
@@ -167,6 +173,16 @@ class ModelSetup:
         (the peft model with an adapter)."""
         if model is self._prepared:
             return model
+        rows = _embedding_rows(model)
+        base = getattr(tokenizer, "vocab_size", len(tokenizer)) if tokenizer is not None else 0
+        grows = tokenizer is not None and rows and len(tokenizer) > rows >= base  # as grow_embeddings decides
+        if grows and getattr(self.freezer, "cache_prefix", False):  # refused before the model changes
+            raise ValueError(
+                f"cache_prefix=True caches what the frozen bottom blocks compute from the embeddings, but the "
+                f"tokenizer has {len(tokenizer) - rows} token(s) the model lacks (added special tokens, or a chat "
+                "template's markers), so the embeddings would grow and train, and a cached prefix would go stale. "
+                "Use cache_prefix=False, or a tokenizer and chat_template whose tokens the model already has "
+                "(e.g. the model's own template).")
         self.new_token_modules = grow_embeddings(model, tokenizer)
         if self.adapter is not None and not hasattr(model, "peft_config"):
             from ..adapters.lora import apply_lora

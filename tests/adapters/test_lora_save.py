@@ -97,6 +97,7 @@ def test_the_model_card_describes_the_adapter(trained):
     assert "LoRA" in card and "r=4" in card and "alpha=8" in card
     assert f"{t.model.get_nb_trainable_parameters()[0]:,}" in card
     assert "library_name: peft" in card
+    assert "### Adapters and layer freezing" in card and "### Layer freezing" not in card
     merged = (root / "merged" / "README.md").read_text()
     assert "merged into the weights" in merged and "library_name: transformers" in merged
 

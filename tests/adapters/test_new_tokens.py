@@ -1,5 +1,6 @@
 """Tokens the model lacks (special tokens, a chat template's markers): the embeddings grow and train."""
 
+import pytest
 import torch
 from peft import AutoPeftModelForCausalLM
 
@@ -62,3 +63,16 @@ def test_nothing_grows_when_the_tokenizer_fits():
     t = tuner(model, tok, max_steps=1)
     t.fit(text_records(8))
     assert t.model.get_input_embeddings().num_embeddings == len(tok) == 400
+
+
+@pytest.mark.parametrize("with_lora", [True, False])
+def test_new_tokens_with_a_prefix_cache_are_refused_before_the_model_changes(with_lora):
+    # the grown embeddings train, so the frozen prefix's cached states would go stale
+    model, tok = llama_and_tokenizer(new_tokens=("<|x|>",))
+    rows = model.get_input_embeddings().weight.shape[0]
+    t = tuner(model, tok, adapter=LoRA(r=4) if with_lora else None,
+              freezer=LayerFreezer(train_last=2, cache_prefix=True))
+    with pytest.raises(ValueError, match=r"cache_prefix=True .* 1 token\(s\) the model lacks.*cache_prefix=False"):
+        t.fit(text_records(8))
+    assert model.get_input_embeddings().weight.shape[0] == rows  # not resized
+    assert not hasattr(model, "peft_config")
