@@ -28,11 +28,12 @@ _EXPORTS = {
     "TrainState": "finetune_lib.events",
     "MetricSuite": "finetune_lib.metrics.suite",
     "Metric": "finetune_lib.metrics.base",
+    "hyperparameter_search": "finetune_lib.search",
 }
 
 __all__ = [
     "Callback", "DatasetBuilder", "FineTuner", "LayerFreezer", "Metric", "MetricSuite", "Preprocessor",
-    "Records", "Regularizer", "Splits", "TrainState", "TrainingArgs", "__version__",
+    "Records", "Regularizer", "Splits", "TrainState", "TrainingArgs", "__version__", "hyperparameter_search",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .metrics.base import Metric
     from .metrics.suite import MetricSuite
     from .regularizers.base import Regularizer
+    from .search import hyperparameter_search
     from .training.finetuner import FineTuner, TrainingArgs
 
 

@@ -159,7 +159,7 @@ def run_evaluate(config: Mapping[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the command line
 
-_DATA_FLAGS = ("text", "label", "prompt", "target", "group", "format")
+_DATA_FLAGS = ("text", "label", "prompt", "target", "group", "tokens", "tags", "spans", "format")
 
 
 def _training_fields() -> dict[str, Any]:

@@ -13,9 +13,10 @@ from typing import Any
 KNOWN_KEYS: dict[str, str] = {
     "model": "hub id or local folder of the pretrained model (FineTuner's first argument)",
     "tokenizer": "tokenizer id or folder, when it is not the model's",
-    "task": "classification (default), causal_lm or seq2seq",
+    "task": "classification (default), causal_lm, seq2seq, multilabel_classification (label: a list of names) or "
+            "regression (label: a number), token_classification (tokens and tags, or text and spans)",
     "data": "a file path, or DatasetBuilder.from_file arguments: path, text, label, prompt, target, group, "
-            "format, delimiter, has_header, ...",
+            "tokens, tags, spans, format, delimiter, has_header, ...",
     "deduplicate": "true, or DatasetBuilder.deduplicate arguments: normalized, near, threshold",
     "split": "DatasetBuilder.split arguments: validation, test, stratify, group, seed",
     "remove_leakage": "true to drop validation/test records that duplicate an earlier split",
@@ -32,6 +33,8 @@ KNOWN_KEYS: dict[str, str] = {
 }
 
 TASKS = ("classification", "causal_lm", "seq2seq")
+TASKS += ("multilabel_classification", "regression")  # text and a list of labels / a number (sequence_tasks.py)
+TASKS += ("token_classification",)  # words and one tag per word, or a text and its spans (token_task.py)
 SPLITS = ("test", "validation", "none")
 # FineTuner keyword arguments that may appear under `training` besides the TrainingArgs fields
 TUNER_OPTIONS = ("device", "overwrite", "progress")
@@ -159,7 +162,7 @@ def validate_config(config: Mapping[str, Any], command: str = "train") -> None:
     elif not isinstance(config.get("deduplicate", False), bool):
         raise ConfigError(f"deduplicate must be true/false or a mapping of arguments, got {config['deduplicate']!r}")
     _bind(DatasetBuilder.split, "split", kwargs=section(config, "split"), skip=("self",))
-    _check_training(section(config, "training"))
+    _check_training(section(config, "training"), task, config.get("adapter"))
 
 
 def data_args(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,8 +177,10 @@ def data_args(config: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _check_training(training: Mapping[str, Any]) -> None:
+def _check_training(training: Mapping[str, Any], task: str = "classification", adapter: Any = None) -> None:
+    from .tasks import get_task
     from .training.args import REMOVED_SETTINGS, TrainingArgs
+    from .training.task_settings import check_task_settings
 
     moved = [f"{k}: {REMOVED_SETTINGS[k]}" for k in training if k in REMOVED_SETTINGS]
     if moved:
@@ -185,6 +190,7 @@ def _check_training(training: Mapping[str, Any]) -> None:
     args = TrainingArgs(**{k: v for k, v in training.items() if k in fields})
     try:
         args.validate()
+        check_task_settings(get_task(task), args, adapter)  # e.g. class_weights with a task without classes
     except ValueError as err:
         raise ConfigError(f"training: {err}") from None
 

@@ -1,7 +1,9 @@
 """What differs per task: the model class, the forward pass, the loss and how targets are counted.
 
 Three tasks: "classification" (sequence classification head), "causal_lm" (decoder-only) and
-"seq2seq" (encoder-decoder). The loss is always a *sum* over targets divided by a normalizer the
+"seq2seq" (encoder-decoder); "multilabel_classification" and "regression" (a sequence head too) live
+in `finetune_lib.sequence_tasks`, "token_classification" (one tag per word) in
+`finetune_lib.token_task`. The loss is always a *sum* over targets divided by a normalizer the
 loop passes in: the number of target tokens (LM tasks) or examples (classification) in the whole
 accumulated batch. That makes 4 micro-batches of 2 give exactly the gradient of one batch of 8,
 whatever the padding or the lengths.
@@ -22,57 +24,28 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelF
 
 from .generation import check_generation_settings, cut_at_stop, seeded_sampling
 from .generation import stop_token_ids as find_stop_ids
+from .sequence_tasks import MultiLabelTask, RegressionTask
+from .task_base import IGNORE_INDEX, Task  # the base lives apart, so task modules build on it without a cycle
+from .token_task import TokenClassificationTask
 
-IGNORE_INDEX = -100
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Task:
-    """Base task. `label_smoothing` is read by the loss (the LabelSmoothing regularizer sets it)."""
-
-    name: str = ""
-    label_smoothing: float = 0.0
-    auto_class: Any = None
-    generates: bool = False
-
-    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-        """Run the model without its own loss (we compute ours, normalized over the accumulated batch)."""
-        return model(**{k: v for k, v in batch.items() if k != "labels"})
-
-    def aligned(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and labels such that `logits[..., i, :]` predicts `labels[..., i]`."""
-        return logits, labels
-
-    def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
-        """Targets in a micro-batch: tokens that carry a loss, or examples."""
-        raise NotImplementedError
-
-    def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: bool = True) -> torch.Tensor:
-        """Summed cross-entropy over the targets (float32 whatever the autocast dtype).
-
-        `smoothing=False` gives the plain loss (evaluation) even when label smoothing is on.
-        """
-        return self.aligned_loss_sum(*self.aligned(logits, labels), smoothing=smoothing)
-
-    def aligned_loss_sum(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: bool = True) -> torch.Tensor:
-        """`loss_sum` for logits and labels already aligned by `aligned`."""
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX,
-            reduction="sum", label_smoothing=self.label_smoothing if smoothing else 0.0,
-        )
-
-    def loss(self, outputs: Any, batch: dict[str, torch.Tensor], normalizer: int) -> torch.Tensor:
-        """Loss of a micro-batch, divided by the targets of the whole accumulated batch."""
-        return self.loss_sum(outputs.logits, batch["labels"]) / max(1, normalizer)
 
 
 class ClassificationTask(Task):
     def __init__(self) -> None:
-        super().__init__("classification", auto_class=AutoModelForSequenceClassification)
+        super().__init__("classification", auto_class=AutoModelForSequenceClassification, label_kind="class",
+                         metric_inputs=("classes", "logits"))
 
     def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["labels"].shape[0])
+
+    def aligned_loss_sum(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: bool = True) -> torch.Tensor:
+        """Summed cross-entropy; in training (`smoothing=True`) each example weighted by its class's weight
+        (`class_weights`), so the loss is ``sum_i w[y_i] * CE_i / examples``. Evaluation's loss stays plain."""
+        if self.class_weights is None or not smoothing:
+            return super().aligned_loss_sum(logits, labels, smoothing)
+        return F.cross_entropy(logits.float(), labels, weight=self.class_weights.to(logits.device), reduction="sum",
+                               label_smoothing=self.label_smoothing)
 
 
 class CausalLMTask(Task):
@@ -102,7 +75,11 @@ class Seq2SeqTask(Task):
         return int((batch["labels"] != IGNORE_INDEX).sum())
 
 
-TASKS = {"classification": ClassificationTask, "causal_lm": CausalLMTask, "seq2seq": Seq2SeqTask}
+TASKS: dict[str, type[Task]] = {
+    "classification": ClassificationTask, "causal_lm": CausalLMTask, "seq2seq": Seq2SeqTask,
+    "multilabel_classification": MultiLabelTask, "regression": RegressionTask,
+    "token_classification": TokenClassificationTask,
+}
 
 
 def get_task(name: str) -> Task:

@@ -18,6 +18,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     BertConfig,
     GPT2Config,
     LlamaConfig,
@@ -89,6 +90,38 @@ def tiny_tokenizer(vocab_size: int = 400, kind: str = "decoder") -> PreTrainedTo
     return fast
 
 
+@functools.lru_cache(maxsize=2)
+def _trained_wordpiece(vocab_size: int) -> str:
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, show_progress=False,
+                                        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    names = "Angela Merkel Olaf Scholz Paris Berlin Rome Madrid Siemens Google Acme Corp visited met in at and . , !".split()
+    tok.train_from_iterator(sample_texts(500, seed=1) + [" ".join(_WORDS), " ".join(names)], trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    return tok.to_str()
+
+
+def tiny_wordpiece_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A BERT-style WordPiece tokenizer trained here (cased; splits at spaces and punctuation; ``[CLS] ...
+    [SEP]``): words split into ``##`` pieces as BERT's do, for token classification tests.
+
+    Example:
+        >>> tok = tiny_wordpiece_tokenizer()
+        >>> model = tiny_model("bert", "token_classification", vocab_size=len(tok), num_labels=5)
+    """
+    fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_trained_wordpiece(vocab_size)),
+                                   pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                   mask_token="[MASK]")
+    fast.model_max_length = 512
+    return fast
+
+
 def tiny_config(arch: str, vocab_size: int = 400, layers: int = 4, hidden: int = 32, **overrides) -> PretrainedConfig:
     """A config for a tiny model of one of `ARCHITECTURES` (4 blocks, 32 wide by default)."""
     common = {"vocab_size": vocab_size, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}
@@ -114,12 +147,14 @@ _TASK_CLASSES = {
     "classification": AutoModelForSequenceClassification,
     "causal_lm": AutoModelForCausalLM,
     "seq2seq": AutoModelForSeq2SeqLM,
+    "token_classification": AutoModelForTokenClassification,
 }
 
 
 def tiny_model(arch: str = "gpt2", task: str = "causal_lm", vocab_size: int = 400, seed: int = 0,
                **config_overrides) -> PreTrainedModel:
-    """A randomly initialized tiny model for `task` ("classification", "causal_lm", "seq2seq")."""
+    """A randomly initialized tiny model for `task` ("classification", "causal_lm", "seq2seq",
+    "token_classification")."""
     if task not in _TASK_CLASSES:
         raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(_TASK_CLASSES)}.")
     cfg = tiny_config(arch, vocab_size=vocab_size, **config_overrides)

@@ -119,7 +119,8 @@ def test_unknown_key_fails_before_loading(assets, tmp_path, capsys):
     ("regularizers: [Nope]\n", "unknown regularizer 'Nope'"),
     ("metrics: [{f1: {avg: macro}}]\n", "unknown key(s) 'avg' in metric F1"),
     ("split: {valid: 0.1}\n", "unknown key(s) 'valid' in split"),
-    ("task: regression\n", "task must be one of"),
+    ("task: ranking\n", "task must be one of"),
+    ("task: regression\ntraining: {class_weights: balanced}\n", "class_weights is for tasks with classes"),
 ])
 def test_invalid_settings_fail_before_loading(tmp_path, capsys, extra, message):
     # the data file does not exist: the error must come from the settings, found first

@@ -117,7 +117,8 @@ class DatasetBuilder:
     def from_file(cls, path: str | Path, text: Column = None, label: Column = None, prompt: Column = None,
                   target: Column = None, group: Column = None, format: str | None = None,
                   encoding: str = "utf-8", delimiter: str | None = None, has_header: bool | None = None,
-                  blocks: bool = False, strict: bool = False, messages: Column = None) -> DatasetBuilder:
+                  blocks: bool = False, strict: bool = False, messages: Column = None,
+                  tokens: Column = None, tags: Column = None, spans: Column = None) -> DatasetBuilder:
         """Load a JSONL, JSON, CSV, TSV, text or Parquet file (by extension, or ``format=``).
 
         Args:
@@ -137,6 +138,12 @@ class DatasetBuilder:
                 columns are given by name, no when given by position, else guessed.
             blocks: for text files, one record per blank-line-separated block instead of per line.
             strict: raise on a row with an empty value instead of dropping and counting it.
+            tokens, tags, spans: token classification columns: the words of each row and their tags
+                (one per word, e.g. ``"B-PER"``), or the character spans of the ``text``
+                (``{"start", "end", "label"}`` dicts). A column with one of these names that holds
+                lists (JSON lists in a CSV cell) needs no argument. Tags of another length than the
+                words, tags without an entity type, and spans out of range or overlapping raise a
+                ``DataError`` naming the row (`finetune_lib.data.token_labels`).
 
         Leading lines that do not fit the file's field count (a stray title or header) and blank
         lines are dropped and counted in :attr:`dropped`.
@@ -147,7 +154,7 @@ class DatasetBuilder:
             {'stray_header': 1}
         """
         mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group,
-                   "messages": messages}
+                   "messages": messages, "tokens": tokens, "tags": tags, "spans": spans}
         given = [v for v in mapping.values() if v is not None]
         table = read_file(path, format=format, encoding=encoding, delimiter=delimiter, has_header=has_header,
                           blocks=blocks, by_index=any(isinstance(v, int) for v in given),
@@ -158,16 +165,18 @@ class DatasetBuilder:
     @classmethod
     def from_pandas(cls, df: Any, text: Column = None, label: Column = None, prompt: Column = None,
                     target: Column = None, group: Column = None, name: str = "dataframe",
-                    strict: bool = False, messages: Column = None) -> DatasetBuilder:
+                    strict: bool = False, messages: Column = None,
+                    tokens: Column = None, tags: Column = None, spans: Column = None) -> DatasetBuilder:
         """Load a pandas DataFrame; columns map as in :meth:`from_file` (NaN counts as empty)."""
         mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group,
-                   "messages": messages}
+                   "messages": messages, "tokens": tokens, "tags": tags, "spans": spans}
         return cls._from_table(table_from_dataframe(df), mapping, name, strict)
 
     @classmethod
     def from_hf(cls, dataset: Any, text: Column = None, label: Column = None, prompt: Column = None,
                 target: Column = None, group: Column = None, name: str | None = None,
-                strict: bool = False, messages: Column = None) -> DatasetBuilder:
+                strict: bool = False, messages: Column = None,
+                tokens: Column = None, tags: Column = None, spans: Column = None) -> DatasetBuilder:
         """Load a Hugging Face ``datasets.Dataset`` (one split; ``datasets`` itself is not imported).
 
         Columns map as in :meth:`from_file`. ``ClassLabel`` columns (and ``Sequence(ClassLabel)``) come
@@ -183,13 +192,14 @@ class DatasetBuilder:
         info = getattr(dataset, "info", None)
         name = name or getattr(info, "dataset_name", None) or "hf_dataset"
         mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group,
-                   "messages": messages}
+                   "messages": messages, "tokens": tokens, "tags": tags, "spans": spans}
         return cls._from_table(table_from_hf(dataset), mapping, name, strict)
 
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]], text: Column = None, label: Column = None,
                      prompt: Column = None, target: Column = None, group: Column = None, name: str = "records",
-                     strict: bool = False, messages: Column = None) -> DatasetBuilder:
+                     strict: bool = False, messages: Column = None,
+                     tokens: Column = None, tags: Column = None, spans: Column = None) -> DatasetBuilder:
         """Load a list of dicts; columns map as in :meth:`from_file` (conversations under ``messages``).
 
         Example:
@@ -199,7 +209,7 @@ class DatasetBuilder:
             ['messages']
         """
         mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group,
-                   "messages": messages}
+                   "messages": messages, "tokens": tokens, "tags": tags, "spans": spans}
         return cls._from_table(table_from_records(records), mapping, name, strict)
 
     # -- list-like ----------------------------------------------------------------------------
@@ -291,7 +301,13 @@ class DatasetBuilder:
                 or a count (int). 0 gives an empty split.
             stratify: keep the label proportions in every split (each class within one example
                 of its exact share). With one held-out split this is scikit-learn's
-                ``train_test_split(..., stratify=labels, random_state=seed)``.
+                ``train_test_split(..., stratify=labels, random_state=seed)``. Multi-label data
+                (labels are lists) is split by iterative stratification
+                (`finetune_lib.data.multilabel_split`): each label keeps its share, and a label with an
+                example per split lands in every split. Regression targets (non-integral numbers) are
+                refused: split them with stratify=False.
+                Token classification records (one tag per word) have no label to stratify on:
+                refused, unless each record is given a ``label`` to stratify on (training ignores it).
             group: a record key (e.g. ``"group"``); all records of a group land in one split.
                 Sizes then follow whole groups and are approximate.
             seed: the same seed gives the same splits.
@@ -351,6 +367,10 @@ def _count(value: float | int, n: int, name: str) -> int:
 
 def _labels(records: Sequence[Mapping[str, Any]]) -> list[Any]:
     labels = [r.get("label") for r in records]
+    if any(label is None for label in labels) and any("tags" in r or "spans" in r for r in records):
+        raise DataError("stratify=True keeps each label's share, and token classification records have a tag per "
+                        "word, not one label per record: split with stratify=False, or give each record a 'label' "
+                        "to stratify on (e.g. its most frequent entity type; training ignores it)")
     if any(label is None for label in labels):
         raise DataError("stratify=True needs a label in every record; load with label=<column>")
     return labels
@@ -359,6 +379,19 @@ def _labels(records: Sequence[Mapping[str, Any]]) -> list[Any]:
 def _stratified(records: Sequence[Mapping[str, Any]], sizes: Mapping[str, int], seed: int) -> dict[str, Any]:
     labels = _labels(records)
     n = len(records)
+    if any(isinstance(v, (list, tuple)) for v in labels):  # multi-label: keep each label's share
+        from .multilabel_split import iterative_stratification
+
+        if not all(isinstance(v, (list, tuple)) for v in labels):
+            raise DataError("stratify=True: some labels are lists (multi-label) and some are not; make every label "
+                            "a list of label names, e.g. ['sports'] for a single label")
+        parts = iterative_stratification(labels, [sizes["test"], sizes["validation"],
+                                                  n - sizes["test"] - sizes["validation"]], seed)
+        return dict(zip(("test", "validation", "train"), parts, strict=True))
+    if any(isinstance(v, float) and not v.is_integer() for v in labels):
+        raise DataError("stratify=True keeps the share of each class, and these labels are numbers (regression "
+                        "targets such as 3.7), not classes: split with stratify=False, or bin the targets into a "
+                        "column of classes, stratify on it and keep the number in another column")
     held = [name for name in ("validation", "test") if sizes[name]]
     if len(held) == 1:  # the common case, identical to scikit-learn's stratified train_test_split
         from sklearn.model_selection import train_test_split

@@ -23,7 +23,10 @@ def collate(features: Sequence[dict[str, list[int]]], pad_token_id: int, pad_to_
     `finetune_lib.data.packing.collate_packed`, which adds their block-diagonal mask).
 
     `input_ids` are padded with `pad_token_id`, `attention_mask` with 0, `labels` with -100 when
-    they are sequences (a scalar label per example stays a 1-d tensor), `position_ids` with 0.
+    they are sequences of ids (a scalar label per example stays a 1-d tensor), `position_ids` with 0,
+    `word_ids` (token classification: the word of each token) with -1.
+    Float labels (a regression value, or a multi-label row of 0.0/1.0 per label) become a float32
+    tensor `[B]` or `[B, L]`, unpadded.
     """
     keys = features[0].keys()
     lengths = [len(f["input_ids"]) for f in features]
@@ -33,10 +36,13 @@ def collate(features: Sequence[dict[str, list[int]]], pad_token_id: int, pad_to_
     batch: dict[str, torch.Tensor] = {}
     for key in keys:
         values = [f[key] for f in features]
+        if key == "labels" and _float_labels(values[0]):  # regression values, multi-label 0/1 rows: not padded
+            batch[key] = torch.tensor(values, dtype=torch.float32)
+            continue
         if not isinstance(values[0], (list, tuple)):
             batch[key] = torch.tensor(values, dtype=torch.long)
             continue
-        fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX}.get(key, 0)
+        fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "word_ids": -1}.get(key, 0)
         w = width if key != "labels" or len(values[0]) == len(features[0]["input_ids"]) else max(map(len, values))
         out = torch.full((len(values), w), fill, dtype=torch.long)
         for i, v in enumerate(values):
@@ -49,6 +55,13 @@ def collate(features: Sequence[dict[str, list[int]]], pad_token_id: int, pad_to_
                 out[i, : len(v)] = t
         batch[key] = out
     return batch
+
+
+def _float_labels(value: object) -> bool:
+    """A float label, or a row of floats (multi-label): kept as floats, never padded."""
+    if isinstance(value, (list, tuple)):
+        return bool(value) and isinstance(value[0], float)
+    return isinstance(value, float)
 
 
 class LengthGroupedBatches:

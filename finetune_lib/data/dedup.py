@@ -217,16 +217,24 @@ def deduplicate(records: Sequence[dict[str, Any]], normalized: bool = True, near
     for root in sorted(members):
         record = records[root]
         labels = [records[i].get("label") for i in members[root] if records[i].get("label") is not None]
-        if len(set(labels)) > 1:
+        keys = [_label_key(label) for label in labels]  # a multi-label list compares as its set
+        if len(set(keys)) > 1:
             conflicts += 1
-            tally = Counter(labels)
+            tally = Counter(keys)
             top = max(tally.values())
-            majority = next(label for label in labels if tally[label] == top)  # earliest among the tied
+            majority = next(label for label, key in zip(labels, keys) if tally[key] == top)  # earliest among the tied
             if majority != record.get("label"):
                 record = {**record, "label": majority}
         kept.append(record)
     counts["label_conflicts"] = conflicts
     return kept, counts
+
+
+def _label_key(label: Any) -> Any:
+    """A hashable form of a label: a multi-label list as the sorted set of its names."""
+    if isinstance(label, (list, tuple, set)):
+        return tuple(sorted({str(v) for v in label}))
+    return label
 
 
 # --------------------------------------------------------------------------- leakage between splits

@@ -11,29 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from . import chat
 from .collate import IGNORE_INDEX, collate
+from .encode_stats import EncodeStats
 from .packing import collate_packed
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EncodeStats:
-    """What `encode` did: examples seen and truncated."""
-
-    examples: int = 0
-    truncated: int = 0
-    truncated_indices: list[int] = field(default_factory=list)
-    packed_rows: int | None = None  # rows after packing (None: not packed)
-    packing_efficiency: float | None = None  # real tokens / (packed_rows * pack_length)
-    conversations_shortened: int = 0  # conversations that lost their oldest exchanges to fit
-    dropped_turns: int = 0  # messages dropped from them (a conversation cut as well counts in truncated)
 
 
 class Preprocessor:
@@ -67,12 +54,17 @@ class Preprocessor:
             `stats[split].conversations_shortened` and `dropped_turns`); when the system prompt and
             the last exchange alone do not fit, the last assistant turn is cut (counted as truncated)
             or, with `strict=True`, refused.
+        label_all_subtokens: token classification: give every sub-token of a word its word's tag
+            (`B-X` becomes `I-X` after the first piece) instead of labelling the first sub-token
+            only (the others -100). Evaluation and `predict` read the first sub-token either way
+            (`finetune_lib.data.token_labels`).
     """
 
     def __init__(self, clean: Sequence[str | Callable[[str], str]] | None = None, max_length: int | None = None,
                  strict: bool = False, prompt_template: str = "{prompt}", use_chat_template: bool = False,
                  labels: Sequence[Any] | None = None, batch_size: int = 1000, pack: bool = False,
-                 pack_length: int | None = None, chat_template: str | None = None, train_on: str = "assistant"):
+                 pack_length: int | None = None, chat_template: str | None = None, train_on: str = "assistant",
+                 label_all_subtokens: bool = False):
         if train_on not in chat.TRAIN_ON:
             raise ValueError(f"train_on must be one of {', '.join(map(repr, chat.TRAIN_ON))}, not {train_on!r}.")
         if max_length is not None and max_length < 2:
@@ -91,6 +83,7 @@ class Preprocessor:
         self.batch_size = batch_size
         self.pack, self.pack_length = pack, pack_length
         self.chat_template, self.train_on = chat_template, train_on
+        self.label_all_subtokens = label_all_subtokens
         #: the form of packed rows' attention mask; FineTuner sets it for its model (`packing.packed_mask_dtype`)
         self.packed_mask_dtype: torch.dtype = torch.float32
         self.tokenizer: Any = None
@@ -125,8 +118,12 @@ class Preprocessor:
             log.warning("max_length %d is more than the model's limit of %d positions; using %d.",
                         self.max_length, limit, limit)
             self.max_length = limit
-        if task == "classification" and train_records is not None and not self.label2id:
+        if _label_kind(task) in ("class", "classes") and train_records is not None and not self.label2id:
             self.fit_labels(train_records)
+        if _label_kind(task) == "tags" and train_records is not None and not self.label2id:  # token classification
+            from .token_labels import tag_label_records
+
+            self.fit_labels(tag_label_records(self, train_records))
         return self
 
     def fit_labels(self, records: Sequence[Mapping[str, Any]]) -> dict[Any, int]:
@@ -136,7 +133,8 @@ class Preprocessor:
         must be exactly 0..K-1: 1-based, sparse or negative ids are refused with the values found
         and the fix (re-number them, or pass `labels=[...]` to use them as names in that order).
         """
-        values = [r["label"] for r in records]
+        # a multi-label record's list counts each of its labels
+        values = [v for r in records for v in (r["label"] if isinstance(r["label"], (list, tuple)) else [r["label"]])]
         kinds = {type(v).__name__ for v in values if v is not None}
         if any(v is None for v in values):
             bad = [i for i, v in enumerate(values) if v is None][:10]
@@ -197,6 +195,18 @@ class Preprocessor:
             known = ", ".join(map(repr, list(self.label_names or [])[:20]))
             raise ValueError(f"Label {value!r}{where} was never seen in the training data (known: {known}). "
                              "Add examples of it to training, or remove it from this split.") from None
+
+    def _label_feature(self, value: Any, where: str, kind: str | None) -> Any:
+        """The `labels` feature of a record's label for a task's `label_kind`: a class id, a multi-label
+        row of 0.0/1.0 per label, or a regression value (float)."""
+        if kind == "value":
+            return float(value)
+        if kind == "classes":
+            row = [0.0] * self.num_labels
+            for name in value:
+                row[self.label_id(name, where)] = 1.0
+            return row
+        return self.label_id(value, where)
 
     # ---- encoding ---------------------------------------------------------------------------
     def _require_setup(self) -> None:
@@ -281,7 +291,11 @@ class Preprocessor:
         self._require_setup()
         packing = self.pack and split == "train"
         limit = min(int(self.max_length or 512), self.pack_length or 10**9) if packing else None
-        if self.task == "classification":
+        if _label_kind(self.task) == "tags":  # words and their tags (`finetune_lib.data.token_labels`)
+            from .token_labels import encode_tagged
+
+            features = encode_tagged(self, records, split)
+        elif _label_kind(self.task) is not None:  # text and label, for a sequence head
             features = self._encode_classification(records, split)
         elif any(chat.is_conversation(r) for r in records):
             features = self._encode_conversations(records, split, limit)
@@ -309,7 +323,8 @@ class Preprocessor:
 
     def _encode_classification(self, records: Sequence[Mapping[str, Any]], split: str) -> list[dict[str, Any]]:
         texts = [self.clean_text(str(r["text"])) for r in records]
-        labels = [self.label_id(r["label"], f" (record {i} of {split})") if "label" in r else None
+        kind = _label_kind(self.task)
+        labels = [self._label_feature(r["label"], f" (record {i} of {split})", kind) if "label" in r else None
                   for i, r in enumerate(records)]
         stats = EncodeStats(examples=len(texts))
         features: list[dict[str, Any]] = []
@@ -425,4 +440,17 @@ class Preprocessor:
     def length(feature: Mapping[str, Any]) -> int:
         n = len(feature["input_ids"])
         labels = feature.get("labels")
+        if isinstance(labels, list) and labels and isinstance(labels[0], float):
+            return n  # a multi-label row (one value per label), not tokens
         return max(n, len(labels)) if isinstance(labels, list) else n
+
+
+#: what a record's ``label`` is for the tasks over text and label: their `Task.label_kind` ("class", "classes"
+#: for multi-label, "value" for regression), kept here so that the data layer imports no task module
+LABEL_KINDS = {"classification": "class", "multilabel_classification": "classes", "regression": "value",
+               "token_classification": "tags"}
+
+
+def _label_kind(task: str | None) -> str | None:
+    """`Task.label_kind` of a task name; None for generation and other tasks."""
+    return LABEL_KINDS.get(task or "")

@@ -5,6 +5,8 @@ Standard keys (see ``docs/internals.md``):
 * classification: ``text`` (str) and ``label`` (int or str);
 * generation: ``prompt`` (str, may be empty) and ``target`` (str), or only ``text`` for a causal LM;
 * conversations (causal LM): ``messages``, a list of ``{"role", "content"}`` dicts (see ``data/chat.py``);
+* token classification: ``tokens`` (a list of words) and ``tags`` (one per word), or ``text`` and
+  ``spans`` (a list of ``{"start", "end", "label"}`` dicts; see ``data/token_labels.py``);
 * ``group`` (optional, for grouped splits); any other column is kept as it is.
 
 Example:
@@ -28,7 +30,8 @@ __all__ = ["Records", "STANDARD_KEYS", "build_records", "record_key", "record_te
 
 logger = logging.getLogger(__name__)
 
-STANDARD_KEYS: tuple[str, ...] = ("text", "label", "prompt", "target", "group", "messages")
+STANDARD_KEYS: tuple[str, ...] = ("text", "label", "prompt", "target", "group", "messages", "tokens", "tags", "spans")
+LIST_KEYS = ("tokens", "tags", "spans")  # token classification: a list per record (a JSON list in a CSV cell)
 
 
 def _messages(record: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
@@ -47,6 +50,8 @@ def record_text(record: Mapping[str, Any]) -> str:
     messages = _messages(record)
     if messages is not None:
         return "\n".join(str(m.get("content", "")) for m in messages)
+    if "text" not in record and isinstance(record.get("tokens"), (list, tuple)):  # token classification: words
+        return " ".join(map(str, record["tokens"]))
     text = record.get("text")
     if text is not None:
         return str(text)
@@ -70,6 +75,8 @@ def record_key(record: Mapping[str, Any]) -> str:
     messages = _messages(record)
     if messages is not None:
         return "\x1e".join(f"{m.get('role', '')}\x1f{m.get('content', '')}" for m in messages)
+    if "text" not in record and isinstance(record.get("tokens"), (list, tuple)):  # token classification: words
+        return " ".join(map(str, record["tokens"]))
     text = record.get("text")
     if text is not None:
         return str(text)
@@ -142,7 +149,8 @@ class Records(list):  # type: ignore[type-arg]
 
     def label_counts(self) -> dict[Any, int]:
         """Count of each label, most frequent first (empty when there are no labels)."""
-        counts = Counter(r["label"] for r in self if r.get("label") is not None)
+        counts = Counter(label for r in self if r.get("label") is not None  # a multi-label list: each of its labels
+                         for label in (r["label"] if isinstance(r["label"], (list, tuple)) else [r["label"]]))
         return dict(counts.most_common())
 
     def filter(self, predicate: Callable[[dict[str, Any]], bool]) -> Records:
@@ -178,6 +186,8 @@ def _resolve_mapping(table: Any, mapping: Mapping[str, Any]) -> dict[str, Any]:
     resolved: dict[str, Any] = {}
     for key in STANDARD_KEYS:
         col = given.get(key, key if key in columns and key not in given.values() else None)
+        if key in LIST_KEYS and key not in given and col is not None and not _holds_lists(table, col):
+            col = None  # a column called e.g. "tokens" that holds counts is kept as it is, not read as words
         if col is None:
             continue
         if col not in columns:
@@ -189,10 +199,40 @@ def _resolve_mapping(table: Any, mapping: Mapping[str, Any]) -> dict[str, Any]:
             raise DataError(f"{table.source}: column {col!r} (for {key}=) not found; available columns: "
                             f"{columns}.{hint}")
         resolved[key] = col
-    if "text" not in resolved and "target" not in resolved and "messages" not in resolved:
+    if "text" not in resolved and "target" not in resolved and "messages" not in resolved and "tokens" not in resolved:
         raise DataError(f"{table.source}: no text column; pass text=<column> (or prompt= and target= for "
-                        f"generation, or messages= for conversations); available columns: {columns}")
+                        f"generation, messages= for conversations, tokens= and tags= for token classification); "
+                        f"available columns: {columns}")
     return resolved
+
+
+def _holds_lists(table: Any, column: Any) -> bool:
+    """Whether the first non-empty value of `column` is a list (or a JSON list in a text cell)."""
+    for row in table.rows:
+        value = row.get(column)
+        if value is not None and not (isinstance(value, str) and not value):
+            return _as_list(value, "", column) is not None if isinstance(value, str) else \
+                isinstance(value, (list, tuple)) or hasattr(value, "tolist")
+    return False
+
+
+def _as_list(value: Any, where: str, column: Any) -> list[Any] | None:
+    """A token-classification list value (words, tags or spans) as a plain list; a JSON list in a text cell
+    is parsed; None when missing or not a list (a text that is not JSON)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    if hasattr(value, "tolist") and not isinstance(value, list):  # numpy arrays from pandas / Parquet
+        value = value.tolist()
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        return None
+    return [dict(v) if isinstance(v, Mapping) else v for v in value]
 
 
 def _as_text(value: Any, where: str, column: Any) -> str | None:
@@ -253,10 +293,13 @@ def _normalize_labels(records: list[dict[str, Any]], where: list[str], typed: bo
     if not records:
         return
     labels = [r["label"] for r in records]
+    if any(isinstance(label, (list, tuple)) for label in labels):  # multi-label: lists of names or ids
+        _normalize_label_lists(records, where, column)
+        return
     for i, label in enumerate(labels):
-        if isinstance(label, (list, dict, set, tuple)):
+        if isinstance(label, (dict, set)):
             raise DataError(f"{where[i]}: column {column!r} holds a {type(label).__name__}; a label must be "
-                            "one int or string (multi-label data is not supported)")
+                            "one int or string, or a list of them (multi-label)")
     if not typed:
         labels = [v.strip() if isinstance(v, str) else v for v in labels]
         if all(isinstance(v, str) and is_number(v) for v in labels):
@@ -278,6 +321,16 @@ def _normalize_labels(records: list[dict[str, Any]], where: list[str], typed: bo
                         "type (all int ids or all strings) before loading.")
     for record, label in zip(records, labels, strict=True):
         record["label"] = label
+
+
+def _normalize_label_lists(records: list[dict[str, Any]], where: list[str], column: Any) -> None:
+    """Multi-label data: every label a list of names or ids (a tuple becomes a list), or raise naming the row."""
+    for i, record in enumerate(records):
+        label = record["label"]
+        if not isinstance(label, (list, tuple)) or not all(isinstance(v, (str, int)) for v in label):
+            raise DataError(f"{where[i]}: column {column!r} holds {label!r}, but other rows hold lists of labels "
+                            "(multi-label): make every label a list of names or ids, e.g. ['sports'] for one label")
+        record["label"] = list(label)
 
 
 def build_records(table: Any, mapping: Mapping[str, Any], *, name: str, strict: bool = False) -> Records:
@@ -303,6 +356,9 @@ def build_records(table: Any, mapping: Mapping[str, Any], *, name: str, strict: 
         reason = None
         for key, col in resolved.items():
             value = row.get(col)
+            missing = value is None or (isinstance(value, str) and not value.strip())
+            if "tokens" in resolved and key in ("text", *LIST_KEYS) and missing:
+                continue  # token classification: a row holds words and tags, or a text and its spans
             if key == "messages":
                 value = _as_messages(value, loc, col)
                 if value is None:
@@ -313,6 +369,14 @@ def build_records(table: Any, mapping: Mapping[str, Any], *, name: str, strict: 
                     value = value or ""
                 elif value is None or not value.strip():
                     reason = f"empty_{key}"
+            elif key in LIST_KEYS:
+                listed = _as_list(value, loc, col)
+                if listed is None and value is not None:
+                    raise DataError(f"{loc}: column {col!r} (for {key}=) holds {type(value).__name__} {value!r:.60}; "
+                                    "token classification reads a list per record (a JSON list in a CSV cell)")
+                value = listed
+                if value is None or (key == "tokens" and not value):
+                    reason = f"empty_{key}"
             elif value is None or (isinstance(value, str) and not value.strip()):
                 reason = f"empty_{key}"
             rec[key] = value
@@ -322,8 +386,19 @@ def build_records(table: Any, mapping: Mapping[str, Any], *, name: str, strict: 
                                     "row (strict=False drops and counts such rows)")
                 table.drops.add(reason, loc)
                 break
+        if not reason and "tokens" in resolved and "tokens" not in rec and "text" not in rec:
+            reason = "empty_tokens"
+            if strict:
+                raise DataError(f"{loc}: no words (tokens) and no text; fill them or drop the row")
+            table.drops.add(reason, loc)
         if reason:
             continue
+        if "tokens" in rec or "spans" in rec:  # token classification: one tag per word, spans inside the text
+            from .token_labels import tagged_record_problem
+
+            problem = tagged_record_problem(rec, need_tags="tags" in rec or "spans" in rec)
+            if problem:
+                raise DataError(f"{loc}: {problem}")
         for col in extra:
             if col in row:
                 rec[f"column_{col}" if isinstance(col, int) else col] = row[col]

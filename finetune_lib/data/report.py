@@ -134,8 +134,11 @@ def _split_stats(name: str, records: Sequence[Mapping[str, Any]], tokenizer: Any
     texts = [record_text(r) for r in records]
     labels: dict[Any, int] = {}
     for r in records:
-        if r.get("label") is not None:
-            labels[r["label"]] = labels.get(r["label"], 0) + 1
+        value = r.get("label")
+        if value is None or (isinstance(value, float) and not value.is_integer()):
+            continue  # regression targets are numbers, not classes to count
+        for label in value if isinstance(value, (list, tuple)) else [value]:  # multi-label: each label once
+            labels[label] = labels.get(label, 0) + 1
     try:  # most frequent first; ties in label order
         ordered = sorted(labels.items(), key=lambda kv: (-kv[1], kv[0]))
     except TypeError:

@@ -12,8 +12,11 @@ Example:
 from .base import Metric, NoDataError
 from .batch import EvalBatch
 from .classification import AVERAGES, F1, Accuracy, ConfusionMatrix, Precision, Recall
+from .entities import EntityF1, EntityPrecision, EntityRecall, EntityReport, TagAccuracy
 from .generation import BLEU, ChrF, ExactMatch, RougeL
 from .language import Perplexity, TokenAccuracy
+from .multilabel import HammingLoss, MultiLabelF1, SubsetAccuracy
+from .regression import MeanAbsoluteError, MeanSquaredError, PearsonCorrelation, R2Score, SpearmanCorrelation
 from .suite import TASKS, MetricSuite
 
 __all__ = [
@@ -24,14 +27,27 @@ __all__ = [
     "Accuracy",
     "ChrF",
     "ConfusionMatrix",
+    "EntityF1",
+    "EntityPrecision",
+    "EntityRecall",
+    "EntityReport",
     "EvalBatch",
     "ExactMatch",
+    "HammingLoss",
+    "MeanAbsoluteError",
+    "MeanSquaredError",
     "Metric",
     "MetricSuite",
+    "MultiLabelF1",
     "NoDataError",
+    "PearsonCorrelation",
     "Perplexity",
     "Precision",
+    "R2Score",
     "Recall",
     "RougeL",
+    "SpearmanCorrelation",
+    "SubsetAccuracy",
+    "TagAccuracy",
     "TokenAccuracy",
 ]

@@ -19,7 +19,7 @@ from .state import State, combine, is_distributed, sync_state
 
 Reduce = Literal["sum", "cat", "max", "min"]
 REDUCTIONS = ("sum", "cat", "max", "min")
-INPUTS = ("classes", "logits", "text")
+INPUTS = ("classes", "logits", "text", "indicators", "values", "tags")
 
 
 class NoDataError(ValueError):
@@ -63,7 +63,11 @@ class Metric:
       `name=...`) and `input`, what `MetricSuite` feeds to `update()`:
       ``"classes"`` -> ``update(preds, target)`` with class ids,
       ``"logits"`` -> ``update(logits, target)`` with logits ``[B, T, V]`` (``[B, C]`` for
-      classification) and aligned targets, ``"text"`` -> ``update(hypotheses, references)``;
+      classification) and aligned targets, ``"text"`` -> ``update(hypotheses, references)``,
+      ``"indicators"`` -> ``update(preds, target)`` with 0/1 matrices ``[B, L]`` (multi-label),
+      ``"values"`` -> ``update(preds, target)`` with numbers ``[B]`` (regression),
+      ``"tags"`` -> ``update(predictions, references)`` with word-level tag lists, one per sentence
+      (token classification; see `finetune_lib.metrics.entities`);
     * optionally set `tasks`, the tasks whose inputs the metric can read (None: every task that
       gives its `input`; "text" metrics need a task that generates), so that a `FineTuner` refuses
       the metric before training rather than at the first evaluation;
@@ -230,7 +234,7 @@ class Metric:
             if preds.dim() == target.dim() + 1:
                 preds = preds.argmax(-1)
             return torch.stack([preds.reshape(-1).long().cpu(), target.reshape(-1).long().cpu()], 1)
-        if self.input == "text":
+        if self.input in ("text", "tags"):
             hypotheses, references = inputs
             return list(zip(hypotheses, references))
         raise self._no_stats()
@@ -241,7 +245,7 @@ class Metric:
         scratch.reset()
         if self.input == "classes":
             scratch.update(stats[:, 0], stats[:, 1])  # type: ignore[call-overload]
-        elif self.input == "text":
+        elif self.input in ("text", "tags"):
             scratch.update([h for h, _ in stats], [r for _, r in stats])
         else:
             raise self._no_stats()

@@ -26,7 +26,10 @@ class EvalBatch:
             columns), for slices and for text references.
         prompts: for LM tasks, the B prompts to generate from (None for classification).
         references: for LM tasks, the B reference targets as text (None for classification).
-        extra: free space.
+        extra: free space; token classification puts its word-level tags here, ``extra["tags"] =
+            (predicted, reference)``, one list of tags per record (`Task.eval_extra`).
+        predictions: what "indicators" and "values" metrics read as predictions: multi-label 0/1
+            matrix `[B, L]` (thresholds applied), regression values `[B]` (in the targets' units).
     """
 
     task: str
@@ -36,8 +39,12 @@ class EvalBatch:
     prompts: list[str] | None = None
     references: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    predictions: torch.Tensor | None = None
 
     @property
     def preds(self) -> torch.Tensor:
-        """Predicted class ids (classification) or token ids (LM), argmax over the last axis."""
+        """Predicted class ids (classification) or token ids (LM), argmax over the last axis; or the
+        task's own `predictions` when given (multi-label: 0/1 matrix `[B, L]`; regression: values `[B]`)."""
+        if self.predictions is not None:
+            return self.predictions
         return self.logits.argmax(dim=-1)

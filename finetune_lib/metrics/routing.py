@@ -36,7 +36,7 @@ class Routed:
         out = Routed(len(rows))
         index = torch.tensor(rows, dtype=torch.long)
         for kind, (a, b) in self.inputs.items():
-            if kind == "text":
+            if kind in ("text", "tags"):
                 out.inputs[kind] = ([a[i] for i in rows], [b[i] for i in rows])
             elif kind == "classes" and self.class_rows is not None:
                 keep = torch.zeros(self.size, dtype=torch.bool)
@@ -59,10 +59,18 @@ def route(batch: EvalBatch, kinds: set[str], texts: list[str] | None) -> Routed:
             mask = labels != IGNORE_INDEX
             routed.inputs["classes"] = (preds[mask].cpu(), labels[mask].cpu())
             routed.class_rows = mask.nonzero()[:, 0].cpu()
+    for kind in ("indicators", "values"):  # multi-label 0/1 matrices, regression values: the task's predictions
+        if kind in kinds:
+            routed.inputs[kind] = (batch.preds.cpu(), batch.labels.cpu())
     if "logits" in kinds:
         routed.inputs["logits"] = (batch.logits, batch.labels)
     if "text" in kinds:
         routed.inputs["text"] = (texts, list(batch.references or []))
+    if "tags" in kinds:  # token classification: word-level tags per sentence (the task's `eval_extra`)
+        if "tags" not in batch.extra:
+            raise ValueError(f"metrics reading word-level tags need token_classification batches; this {batch.task!r} "
+                             "batch has none in EvalBatch.extra['tags']")
+        routed.inputs["tags"] = batch.extra["tags"]
     return routed
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 
-from .base import Metric, NoDataError
+from .base import INPUTS, Metric, NoDataError
 from .batch import EvalBatch
 from .bootstrap import ExampleStats, bootstrap_interval, is_scalar, restrict
 from .classification import F1, Accuracy
@@ -19,12 +19,17 @@ from .language import Perplexity, TokenAccuracy
 from .routing import Slices, SliceSpec, feed, route
 from .state import all_gather_objects, is_distributed
 
-TASKS = ("classification", "causal_lm", "seq2seq")
+TASKS = ("classification", "causal_lm", "seq2seq", "multilabel_classification", "regression", "token_classification")
 GENERATING_TASKS = ("causal_lm", "seq2seq")  # the tasks whose evaluation generates text
 SUGGESTED = {
     "classification": "Accuracy(), F1(average='macro'), Precision(), Recall(), ConfusionMatrix()",
     "causal_lm": "Perplexity(), TokenAccuracy(), BLEU(), ChrF(), ExactMatch(), RougeL()",
     "seq2seq": "Perplexity(), TokenAccuracy(), BLEU(), ChrF(), ExactMatch(), RougeL()",
+    "multilabel_classification": "MultiLabelF1(average='micro'), MultiLabelF1(average='macro'), "
+                                 "MultiLabelF1(average='samples'), HammingLoss(), SubsetAccuracy()",
+    "regression": "MeanSquaredError(), MeanAbsoluteError(), R2Score(), PearsonCorrelation(), SpearmanCorrelation()",
+    "token_classification": "EntityPrecision(), EntityRecall(), EntityF1(), EntityF1(entity_type='PER', "
+                            "name='f1_PER'), TagAccuracy(), EntityReport()",
 }
 
 
@@ -95,11 +100,32 @@ class MetricSuite:
     @classmethod
     def default(cls, task: str) -> MetricSuite:
         """The suite used when the user gives none: classification -> accuracy and macro F1;
-        causal_lm / seq2seq -> perplexity and token accuracy."""
+        causal_lm / seq2seq -> perplexity and token accuracy; multi-label -> micro, macro and samples
+        F1, Hamming loss and subset accuracy; regression -> MSE, MAE, R², Pearson and Spearman."""
         if task == "classification":
             return cls([Accuracy(), F1(average="macro")])
         if task in ("causal_lm", "seq2seq"):
             return cls([Perplexity(), TokenAccuracy()])
+        if task == "multilabel_classification":
+            from .multilabel import HammingLoss, MultiLabelF1, SubsetAccuracy
+
+            return cls([MultiLabelF1(average="micro"), MultiLabelF1(average="macro"),
+                        MultiLabelF1(average="samples"), HammingLoss(), SubsetAccuracy()])
+        if task == "regression":
+            from .regression import (
+                MeanAbsoluteError,
+                MeanSquaredError,
+                PearsonCorrelation,
+                R2Score,
+                SpearmanCorrelation,
+            )
+
+            return cls([MeanSquaredError(), MeanAbsoluteError(), R2Score(), PearsonCorrelation(),
+                        SpearmanCorrelation()])
+        if task == "token_classification":  # entity-level scores in the CoNLL sense, per-type report in artifacts
+            from .entities import EntityF1, EntityPrecision, EntityRecall, EntityReport, TagAccuracy
+
+            return cls([EntityPrecision(), EntityRecall(), EntityF1(), TagAccuracy(), EntityReport()])
         raise ValueError(f"unknown task {task!r}; use one of {TASKS}")
 
     @property
@@ -297,6 +323,9 @@ def check_metrics_for_task(metrics: Sequence[Metric], task: str) -> None:
                             f"generates none (only {' and '.join(GENERATING_TASKS)} do)")
         elif m.tasks is not None and task not in m.tasks:
             problems.append(f"{type(m).__name__} ({m.name!r}) runs on {' and '.join(m.tasks)} only")
+        elif m.input not in _task_inputs(task):
+            problems.append(f"{type(m).__name__} ({m.name!r}) reads {m.input!r} inputs, which the {task!r} task "
+                            f"does not give (it gives {', '.join(map(repr, _task_inputs(task)))})")
     if problems:
         fit = f" For {task!r}, use e.g. {SUGGESTED[task]}." if task in SUGGESTED else ""
         raise ValueError(f"Metrics that cannot run on task {task!r}: {'; '.join(problems)}. Remove them from the "
@@ -304,6 +333,14 @@ def check_metrics_for_task(metrics: Sequence[Metric], task: str) -> None:
     if any(m.name == "loss" for m in metrics):
         raise ValueError("A metric is named 'loss', which is the key of the evaluation loss FineTuner reports. "
                          "Give it another name, e.g. MyMetric(name='my_loss').")
+
+
+def _task_inputs(task: str) -> tuple[str, ...]:
+    """The metric inputs `task` gives (`Task.metric_inputs`); every kind for a task not registered."""
+    from ..tasks import TASKS as REGISTERED
+    from ..tasks import get_task
+
+    return tuple(getattr(get_task(task), "metric_inputs", INPUTS)) if task in REGISTERED else INPUTS
 
 
 def suite_for_task(metrics: Any, task: str) -> Any:

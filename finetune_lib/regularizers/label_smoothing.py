@@ -26,4 +26,8 @@ class LabelSmoothing(Regularizer):
         return f"label smoothing {self.eps:g}"
 
     def on_setup(self, state: TrainState) -> None:
+        kind = getattr(state.task, "label_kind", None)
+        if kind in ("value", "classes"):
+            raise ValueError(f"LabelSmoothing smooths a softmax target over classes; task {state.task.name!r} has "
+                             "none (a value, or independent yes/no per label). Drop LabelSmoothing for this task.")
         state.set_label_smoothing(self.eps)

@@ -24,8 +24,12 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor
 
 
 def _aligned(logits: torch.Tensor, labels: torch.Tensor | None, encoder_decoder: bool,
-             ignore_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits of the positions that have a target, and the mask of those positions (None: all)."""
+             ignore_index: int, task: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits of the positions that have a target, and the mask of those positions (None: all). A
+    task's own `aligned` (`finetune_lib.tasks.Task`) says which logits predict which labels."""
+    if labels is not None and logits.dim() > 2 and hasattr(task, "aligned"):
+        logits, labels = task.aligned(logits, labels)
+        return logits, labels != ignore_index
     if logits.dim() <= 2:  # classification: one distribution per example
         if labels is not None and labels.dim() == 1 and not labels.is_floating_point():
             return logits, labels != ignore_index
@@ -73,6 +77,13 @@ class RDrop(Regularizer):
     def describe(self) -> str:
         return f"R-Drop {self.alpha:g} (consistency between two dropout masks)"
 
+    def on_setup(self, state: TrainState) -> None:
+        kind = getattr(state.task, "label_kind", None)
+        if kind in ("value", "classes"):
+            raise ValueError(f"RDrop compares the softmax distributions of two passes, which task "
+                             f"{state.task.name!r} does not predict (a value, or independent yes/no per label). "
+                             "Drop RDrop, or regularize with Dropout(p) or WeightDecay(v) instead.")
+
     def penalty(self, state: TrainState) -> torch.Tensor | None:
         model = state.model
         if self.alpha == 0.0 or not model.training or state.batch is None or state.outputs is None:
@@ -82,8 +93,8 @@ class RDrop(Regularizer):
         second = forward(model, state.batch).logits
         labels = state.batch.get("labels")
         encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
-        a, mask = _aligned(first, labels, encoder_decoder, self.ignore_index)
-        b, _ = _aligned(second, labels, encoder_decoder, self.ignore_index)
+        a, mask = _aligned(first, labels, encoder_decoder, self.ignore_index, state.task)
+        b, _ = _aligned(second, labels, encoder_decoder, self.ignore_index, state.task)
         kl = symmetric_kl(a, b)
         if mask is not None:
             kl = kl[mask]

@@ -44,6 +44,9 @@ PIPELINE_TAGS = {
     "classification": "text-classification",
     "causal_lm": "text-generation",
     "seq2seq": "text2text-generation",
+    "multilabel_classification": "text-classification",
+    "regression": "text-classification",
+    "token_classification": "token-classification",
 }
 """The Hub's `pipeline_tag` for each task."""
 
@@ -128,6 +131,15 @@ def usage_snippet(run: Any) -> str:
     was trained on). Replace ``path/to/this/folder`` with the folder or its Hub id."""
     run = as_run_info(run)
     n = run.max_length
+    if run.task in ("multilabel_classification", "regression"):
+        return _head_snippet(run, n)
+    if run.task == "token_classification":
+        return ('from transformers import pipeline\n\n'
+                'tag = pipeline("token-classification", model="path/to/this/folder",  # or its Hub id\n'
+                '               aggregation_strategy="simple")  # entities grouped from the B-/I- tags\n'
+                "# aggregation_strategy='first' takes each word's tag from its first sub-token, as training\n"
+                "# and evaluation did\n"
+                'print(tag("Angela Merkel visited Paris."))  # [{"entity_group": ..., "word": ..., "start": ...}]')
     if run.task == "classification":
         call = 'classify("your text here"' + (f", truncation=True, max_length={n}" if n else ", truncation=True") + ")"
         return ('from transformers import pipeline\n\n'
@@ -163,13 +175,39 @@ def usage_snippet(run: Any) -> str:
             'print(tokenizer.batch_decode(ids, skip_special_tokens=True))')
 
 
+def _head_snippet(run: RunInfo, n: int | None) -> str:
+    """The pipeline call of a multi-label model (every label's probability) or a regression model (the value)."""
+    cut = f", truncation=True, max_length={n}" if n else ", truncation=True"
+    if run.task == "regression":
+        return ('from transformers import pipeline\n\n'
+                'predict = pipeline("text-classification", model="path/to/this/folder")  # or its Hub id\n'
+                '# function_to_apply="none": the raw output is the predicted value, in the targets\' units\n'
+                f'print(predict("your text here", function_to_apply="none"{cut})[0]["score"])')
+    return ('import json\nfrom pathlib import Path\n\nfrom transformers import pipeline\n\n'
+            'folder = "path/to/this/folder"\n'
+            'classify = pipeline("text-classification", model=folder)\n'
+            '# the pipeline gives every label\'s probability; the thresholds of training are in config.json\n'
+            'thresholds = json.loads(Path(folder, "config.json").read_text())["finetune_lib_thresholds"]\n'
+            f'scores = classify("your text here", top_k=None{cut})\n'
+            'print([s["label"] for s in scores if s["score"] >= thresholds[s["label"]]])')
+
+
 def _description(run: RunInfo, base: str | None) -> str:
     what = {"classification": "text classification", "causal_lm": "text generation (causal language modeling)",
-            "seq2seq": "sequence-to-sequence generation"}.get(run.task, run.task)
+            "seq2seq": "sequence-to-sequence generation", "multilabel_classification": "multi-label text classification",
+            "regression": "text regression (one number per text)",
+            "token_classification": "token classification (one tag per word)"}.get(run.task, run.task)
     source = f"[{base}](https://huggingface.co/{base})" if base else f"`{run.base_model}`"
     text = f"This model is {source} fine-tuned for {what} with finetune_lib."
     if run.task == "classification" and run.label_names:
         text += f" It predicts one of {len(run.label_names)} labels: " + ", ".join(f"`{n}`" for n in run.label_names) + "."
+    if run.task == "token_classification" and run.label_names:
+        types = sorted({str(n)[2:] for n in run.label_names if str(n) != "O"})
+        text += (f" It tags each word with one of {len(run.label_names)} IOB2 tags, for the entity types "
+                 + ", ".join(f"`{t}`" for t in types) + ".")
+    if run.task == "multilabel_classification" and run.label_names:
+        text += (f" It predicts any number of {len(run.label_names)} labels (a label when its probability reaches "
+                 "its threshold): " + ", ".join(f"`{n}`" for n in run.label_names) + ".")
     return text
 
 

@@ -34,7 +34,8 @@ class RunInfo:
     """What the card and the report say about a run. Every field is plain data.
 
     Attributes:
-        task: "classification", "causal_lm" or "seq2seq".
+        task: "classification", "causal_lm", "seq2seq", "multilabel_classification", "regression" or
+            "token_classification".
         base_model: the base model as shown: its Hub id, a local folder's name (never the full
             path), or the model class's name.
         base_model_hub_id: the Hub id of the base model when it came from the Hub (the card's
@@ -80,6 +81,9 @@ class RunInfo:
             None when it did not.
         early_stopping_monitor: what early stopping watched ("validation/f1"), when it was used.
         run_folder: the run folder as given when relative, else its name; None without one.
+        task_details: what the task's head was trained and saved with, by what (e.g. ``{"class weights
+            (cross-entropy)": {label: weight}}``, multi-label thresholds, regression target scaling and
+            loss; the task's `details()`); empty when there is nothing to say.
     """
 
     task: str
@@ -114,6 +118,7 @@ class RunInfo:
     stopped_early_at: int | None = None
     early_stopping_monitor: str | None = None
     run_folder: str | None = None
+    task_details: dict[str, Any] = field(default_factory=dict)
 
 
 def split_baseline(results: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

@@ -336,6 +336,8 @@ def add_settings(doc: Document, run: RunInfo) -> None:
     if run.precision is not None:
         extra.append(f"precision used: `{run.precision}`")
     extra.append("regularizers: " + ("; ".join(run.regularizers) or "none"))
+    extra += [f"{what}: " + (", ".join(f"`{k}` {v}" for k, v in value.items()) if isinstance(value, dict) else str(value))
+              for what, value in getattr(run, "task_details", {}).items()]  # class weights, thresholds, scaling
     if run.metrics:
         signatures = run.metric_signatures
         extra.append("metrics: " + ", ".join(

@@ -167,11 +167,12 @@ def run_info_from_tuner(tuner: Any) -> RunInfo:
         settings=_settings(tuner),
         precision=None if precision is None else str(precision),
         history=history,
-        label_names=list(pre.label_names) if task == "classification" and pre.label_names else None,
+        label_names=list(pre.label_names) if getattr(tuner.task, "has_classes", task == "classification")
+        and pre.label_names else None,
         max_length=pre.max_length,
         pack_length=(pre.pack_length or pre.max_length) if getattr(pre, "pack", False) else None,
         prompt_format=prompt_format(task, pre, getattr(tuner, "tokenizer", None)),
-        prompt_template=getattr(pre, "prompt_template", None) if task != "classification" else None,
+        prompt_template=getattr(pre, "prompt_template", None) if task in ("causal_lm", "seq2seq") else None,
         use_chat_template=_chat_template_used(task, pre, getattr(tuner, "tokenizer", None)),
         cleaning=cleaning,
         encode_counts={name: (s.examples, s.truncated) for name, s in getattr(pre, "stats", {}).items()},
@@ -193,4 +194,5 @@ def run_info_from_tuner(tuner: Any) -> RunInfo:
         stopped_early_at=getattr(stopper, "stopped_step", None) if stopper is not None else None,
         early_stopping_monitor=getattr(stopper, "monitor", None) if stopper is not None else None,
         run_folder=display_path(getattr(tuner, "output_dir", None)),
+        task_details=tuner.task.details(list(pre.label_names or [])) if hasattr(tuner.task, "details") else {},
     )

@@ -3,6 +3,8 @@
 from ..events import Callback, Event, TrainState
 from .finetuner import FineTuner, TrainingArgs
 from .loggers import CSVLogger, JSONLLogger, LivePlot, TensorBoardLogger
+from .mlflow_logger import MLflowLogger
+from .wandb_logger import WandbLogger
 
-__all__ = ["CSVLogger", "Callback", "Event", "FineTuner", "JSONLLogger", "LivePlot", "TensorBoardLogger", "TrainState",
-           "TrainingArgs"]
+__all__ = ["CSVLogger", "Callback", "Event", "FineTuner", "JSONLLogger", "LivePlot", "MLflowLogger", "TensorBoardLogger",
+           "TrainState", "TrainingArgs", "WandbLogger"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .optim import check_schedule
 from .setting_checks import check_numbers
+from .task_settings import validate_task_args
 
 #: settings FineTuner took before, and what to use instead
 REMOVED_SETTINGS = {
@@ -89,6 +90,23 @@ class TrainingArgs:
             only: the model is left as it was. Less memory (activations of one block at a time
             instead of all), about a third more compute per step; the same gradients. Works with a
             `LayerFreezer` (the frozen prefix still runs without autograd) and with adapters.
+        class_weights: classification and multi-label only: "balanced" (scikit-learn's
+            ``compute_class_weight("balanced")`` on the training labels for the cross-entropy; for
+            multi-label, BCE's ``pos_weight`` = negatives / positives per label), a mapping
+            ``{label: weight}`` (positive; 1.0 for labels it leaves out), or None (unweighted). The
+            training loss stays a sum over examples divided by the examples; the evaluation loss is
+            unweighted. See `finetune_lib.training.task_settings`.
+        threshold: multi-label only: the probability at or above which a label is predicted (0.5).
+        tune_thresholds: multi-label only: after `fit`, set each label's threshold to the one that
+            maximizes its F1 on the validation data (needs validation data). Thresholds are saved in
+            ``config.json`` (``finetune_lib_thresholds``) and in the model card; `predict` and
+            `evaluate` apply them, `pipeline()` does not.
+        scale_targets: regression only: train the head on standardized targets (mean and standard
+            deviation of the training targets); `save` folds them into the head, so the saved model
+            predicts the targets' units. The training and validation loss are in standardized units,
+            the metrics in the targets' units.
+        regression_loss: regression only: "mse" (squared error) or "huber".
+        huber_delta: with ``regression_loss="huber"``, where the loss turns from quadratic to linear.
     """
 
     epochs: float = 3
@@ -118,6 +136,12 @@ class TrainingArgs:
     cpu_speedups: bool = False
     compile: bool = False
     gradient_checkpointing: bool = False
+    class_weights: str | Mapping[Any, float] | None = None
+    threshold: float = 0.5
+    tune_thresholds: bool = False
+    scale_targets: bool = False
+    regression_loss: str = "mse"
+    huber_delta: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> TrainingArgs:
@@ -136,6 +160,7 @@ class TrainingArgs:
 
     def validate(self) -> None:
         check_numbers(self)  # every number finite, of the right kind and in range, or the fix
+        validate_task_args(self)  # class_weights, regression_loss
         def positive(name: str, value: Any, integer: bool = False) -> None:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 or (integer and int(value) != value):
                 kind = "a positive integer" if integer else "a positive number"

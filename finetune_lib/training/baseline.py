@@ -101,7 +101,7 @@ class BaseSource:
 
 
 def _labels(model: torch.nn.Module, task: Any) -> dict[str, Any] | None:
-    if getattr(task, "name", None) != "classification":
+    if not getattr(task, "has_classes", False):
         return None
     config = model.config
     return {"id2label": dict(config.id2label), "label2id": dict(config.label2id), "observed": []}

@@ -320,3 +320,12 @@ def main_first(ctx: DistributedContext) -> Iterator[None]:
     yield
     if ctx.is_main:
         ctx.barrier()
+
+
+def is_main_process(state: Any = None) -> bool:
+    """False on the processes other than rank 0 under torch.distributed (they log nothing): the
+    run's own view (``state.is_main_process``) when there is one, else torch.distributed's rank."""
+    main = getattr(state, "is_main_process", None)
+    if main is not None:
+        return bool(main)
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

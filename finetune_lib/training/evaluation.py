@@ -104,7 +104,7 @@ def evaluate_model(run: EvalSetup, records: list[dict[str, Any]], features: list
                                       batch_size=batch_size)
     model, task, pre = run.model, run.task, run.preprocessor
     size = batch_size or run.batch_size
-    generative = task.name != "classification"
+    generative = task.generates
     log_rows = GenerationLog()
     has_labels = all("labels" in f for f in features)
     if not has_labels:
@@ -129,7 +129,8 @@ def evaluate_model(run: EvalSetup, records: list[dict[str, Any]], features: list
             if prompts is not None and references is not None:
                 log_rows.expect(idx, prompts, references)  # the texts generated for this batch go to these rows
             item = EvalBatch(task=task.name, logits=logits, labels=labels, records=recs, prompts=prompts,
-                             references=references)
+                             references=references, predictions=task.metric_predictions(logits),
+                             extra=task.eval_extra(logits, batch, recs, pre))  # token classification: word tags
             del logits, labels
             yield item
             # the suite is done with this batch: let its logits go before the next forward pass
@@ -204,7 +205,9 @@ def _report_budget(run: EvalSetup, suite: Any, budget: GenerationBudget) -> floa
 @torch.inference_mode()
 def predict_records(run: EvalSetup, records: list[dict[str, Any]], batch_size: int | None = None,
                     max_new_tokens: int | None = None, **sampling: Any) -> list[Any]:
-    """Labels with scores (classification) or generated texts (LM tasks).
+    """Labels with scores (classification), labels with per-label scores (multi-label), values (regression)
+    or generated texts (LM tasks): `Task.predict_rows`; per-word tags and entities (token classification,
+    `finetune_lib.token_task.predict_tagged`).
 
     LM tasks generate from `record_prompt` (conversations rendered with the chat template and the
     generation prompt) with the run's generation settings; `max_new_tokens` and `sampling`
@@ -213,7 +216,11 @@ def predict_records(run: EvalSetup, records: list[dict[str, Any]], batch_size: i
     model, pre = run.model, run.preprocessor
     size = batch_size or run.batch_size
     model.eval()
-    if run.task.name != "classification":
+    if run.task.label_kind == "tags":  # token classification: tags and entities per word
+        from ..token_task import predict_tagged
+
+        return predict_tagged(run, records, size)
+    if run.task.generates:
         options = run.generation_options(max_new_tokens=max_new_tokens, **sampling)
         prompts = [record_prompt(pre, r) for r in records]
         return generate_texts(model, run.tokenizer, prompts, batch_size=size, autocast=run.autocast, seed=run.seed,
@@ -224,10 +231,9 @@ def predict_records(run: EvalSetup, records: list[dict[str, Any]], batch_size: i
     for idx in sequential_batches(len(features), size, [pre.length(f) for f in features]):
         batch = to_device(pre.collate([features[i] for i in idx]), run.device)
         with run.autocast():
-            probs = model(**batch).logits.float().softmax(-1)
-        scores, ids = probs.max(-1)
-        for j, i in enumerate(idx):
-            out[i] = {"label": names[int(ids[j])] if names else int(ids[j]), "score": float(scores[j])}
+            logits = model(**batch).logits.float()
+        for i, row in zip(idx, run.task.predict_rows(logits, names)):  # the task's shape of a prediction
+            out[i] = row
     return out
 
 

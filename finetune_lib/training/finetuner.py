@@ -60,6 +60,7 @@ from .resume import fingerprint as run_fingerprint
 from .resume import restore, write_checkpoint
 from .rundir import check_output_dir, prepare_output_dir
 from .runlock import holds_run_lock
+from .task_settings import check_task_settings, configure_task, head_labels, saved_weights, tune_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class FineTuner:
         model: a hub id or a local folder (loaded with `from_pretrained`, with the right head for the
             task and the labels found in the data), a path to a `.gguf` file (model and tokenizer read
             from it, de-quantized to float32; needs gguf), or a model object.
-        task: "classification", "causal_lm" or "seq2seq".
+        task: "classification", "causal_lm", "seq2seq", "multilabel_classification", "regression", "token_classification".
         tokenizer: a tokenizer or its id/folder; by default loaded from `model`.
         preprocessor: a `Preprocessor` (default: one with safe cleaning and the model's length limit).
         freezer: a `LayerFreezer`, to train only the last blocks.
@@ -85,8 +86,8 @@ class FineTuner:
         overwrite: replace a run already in `output_dir` (only this library's files are removed).
         device: "cpu", "cuda", ...; default: CUDA when available.
         progress: show progress bars (None: only in a terminal or Jupyter).
-        loggers: where logged records go (with an output_dir): "jsonl", "csv", "tensorboard", "live"
-            (a plot that updates in Jupyter), or your own `Callback` objects.
+        loggers: where logged records go: "jsonl", "csv", "tensorboard" (with an output_dir), "live" (a plot
+            in Jupyter), "wandb", "mlflow" (WandbLogger/MLflowLogger for options), or `Callback` objects.
         optimizer: your optimizer, as a factory taking the parameter groups (each with its `params`,
             `lr` and `weight_decay`) and returning a `torch.optim.Optimizer`, e.g.
             ``lambda groups: torch.optim.SGD(groups, momentum=0.9)``; default: AdamW (fused).
@@ -106,7 +107,7 @@ class FineTuner:
                  progress: bool | None = None, loggers: Sequence[str | Callback] = ("jsonl",),
                  optimizer: Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None = None, **settings: Any):
         self.args = TrainingArgs.from_settings(settings)  # unknown or removed names refused, values checked
-        self.task: Task = get_task(task)
+        self.task: Task = check_task_settings(get_task(task), self.args, adapter)  # e.g. class_weights fit the task
         self.model_source = model
         self.tokenizer_source = tokenizer
         self.preprocessor = preprocessor if preprocessor is not None else Preprocessor()
@@ -175,7 +176,7 @@ class FineTuner:
         self.dist.init(self.device)
         self.dist.barrier()  # every process has checked the folder before rank 0 writes to it
         # 2. model, tokenizer and labels
-        self._setup(train_records)
+        self._setup(train_records, fitting=True)  # class weights and target scaling from train_records
         assert self.model is not None
         model, pre = self.model, self.preprocessor
         self._base_copy = keep_base_copy(self.model_source, model, self._base_copy)  # for evaluate(baseline=True)
@@ -308,6 +309,7 @@ class FineTuner:
         if guard is not None and running_windows:  # stopped between log steps (e.g. early stopping)
             deferred_nonfinite(guard, state, running_windows, args.on_nonfinite)
         events.emit("fit_end", state)
+        tune_thresholds(self.task, args, self._eval_setup(), val_features)  # multi-label, tune_thresholds=True
         model.eval()
         return self.history
 
@@ -351,7 +353,7 @@ class FineTuner:
         from ..reporting.model_card import write_model_card
 
         path = Path(path)
-        weights = self.dist.full_state_dict(self.model)  # FSDP: gathered by every process, for rank 0
+        weights = saved_weights(self.model, self.task, self.preprocessor, self.dist.full_state_dict(self.model))
         if self.dist.is_main:  # one writer under torchrun
             check_finite_model(weights if weights is not None else self.model.state_dict(), path)  # never NaN weights
             path.mkdir(parents=True, exist_ok=True)
@@ -422,22 +424,20 @@ class FineTuner:
                 # drop this step's partial work, then split the micro-batches in two (or give up at one example)
                 split_after_out_of_memory(error, state, pieces, self.optimizer, self.device)
 
-    def _setup(self, records: list[dict[str, Any]] | None) -> None:
+    def _setup(self, records: list[dict[str, Any]] | None, fitting: bool = False) -> None:
         """Load tokenizer and model once; learn labels from `records` (training data) when needed."""
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.model_source, self.tokenizer_source)
         pre = self.preprocessor
-        classification = self.task.name == "classification"
-        if classification and not pre.label2id:  # from the training data, or the fine-tuned head's own
-            fit_labels(pre, self.model if self.model is not None else self.model_source, records)
+        if self.task.has_classes and not pre.label2id:  # from the training data, or the fine-tuned head's own
+            fit_labels(pre, self.model if self.model is not None else self.model_source, records, self.task)
         if self.model is None:
-            labels = {"id2label": pre.id2label, "label2id": {str(n): i for i, n in enumerate(pre.label_names or [])},
-                      "observed": pre.observed_labels}
             self._seed_everything(self.args.seed)  # a freshly initialized head is the same in every run
-            self.model = load_model(self.model_source, self.task, labels if classification else None,
+            self.model = load_model(self.model_source, self.task, head_labels(pre) if self.task.has_classes else None,
                                     **self._model_setup.load_options).to(self.device)
             if getattr(self.model.config, "pad_token_id", None) is None:
                 self.model.config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        configure_task(self.task, pre, self.model, self.args, records if fitting else None)  # weights, thresholds
         if pre.pack:  # attention must stay inside each packed example: refuse models that cannot
             from ..data.packing import packed_mask_dtype
 

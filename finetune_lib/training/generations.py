@@ -42,11 +42,16 @@ def as_predict_records(texts: Any, task: str) -> list[dict[str, Any]]:
     """What `predict` takes, as records: a text becomes ``{"text": ...}`` (classification) or
     ``{"prompt": ...}``; a record (a dict: a prompt record, or a conversation ``{"messages": [...]}``)
     is kept; a bare list of messages becomes ``{"messages": [...]}``. Conversations are checked
-    (roles, non-empty contents; they need no assistant turn: the model writes it)."""
+    (roles, non-empty contents; they need no assistant turn: the model writes it). Token classification
+    takes texts, lists of words and records (`finetune_lib.token_task.as_tagged_predict_records`)."""
+    if task == "token_classification":
+        from ..token_task import as_tagged_predict_records
+
+        return as_tagged_predict_records(texts)
     if isinstance(texts, (str, Mapping)) or _is_message_list(texts):
         raise TypeError("predict() takes a list of inputs; wrap a single text, record or conversation in a list, "
                         "e.g. predict([[{'role': 'user', 'content': 'Hi'}]]).")
-    key = "text" if task == "classification" else "prompt"
+    key = "prompt" if task in ("causal_lm", "seq2seq") else "text"
     records = []
     for item in texts:
         if isinstance(item, Mapping):

@@ -12,19 +12,22 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
-from ..tasks import Task
+from ..tasks import TASKS, Task, get_task
 from .gguf import is_gguf, load_gguf_model, load_gguf_tokenizer
 
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = {"classification": ("text", "label"), "causal_lm": ("target",), "seq2seq": ("prompt", "target")}
+REQUIRED_KEYS.update({"multilabel_classification": ("text", "label"), "regression": ("text", "label")})
 
 
 def as_records(data: Any, split: str, task: str, need_labels: bool = True) -> list[dict[str, Any]]:
     """Accept a Records/list of dicts, a pandas DataFrame, a DatasetBuilder or an HF Dataset.
 
     Checks that the records carry the keys the task needs, and are not empty. Conversation records
-    (`{"messages": [...]}`, causal_lm only) are checked by `finetune_lib.data.chat.check_conversations`.
+    (`{"messages": [...]}`, causal_lm only) are checked by `finetune_lib.data.chat.check_conversations`;
+    token classification records are checked, and given `tokens` and IOB2 `tags`, by
+    `finetune_lib.data.token_labels` (`check_tagged_records`, `normalize_tagged`).
     """
     if data is None:
         raise ValueError(f"The {split} data is None. Pass a list of records or a split from DatasetBuilder.")
@@ -43,6 +46,11 @@ def as_records(data: Any, split: str, task: str, need_labels: bool = True) -> li
                          "given to DatasetBuilder.split().")
     if not isinstance(records[0], dict):
         raise TypeError(f"{split} records must be dicts with keys like 'text' and 'label'.")
+    if task in TASKS and get_task(task).label_kind == "tags":  # words and tags, or a text and its spans
+        from ..data.token_labels import check_tagged_records, normalize_tagged
+
+        check_tagged_records(records, split, need_tags=need_labels)
+        return [normalize_tagged(r) for r in records]  # tokens and IOB2 tags (spans turned into tags)
     needed = REQUIRED_KEYS[task]
     if task == "causal_lm":
         needed = ("target",) if "target" in records[0] else ("text",)
@@ -72,13 +80,37 @@ def _label_ok(value: Any) -> bool:
     return isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer()
 
 
+def _labels_ok(value: Any) -> bool:
+    """A non-empty list (or tuple) of class names or ids: a multi-label record's labels."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(_label_ok(v) for v in value)
+
+
+def _value_ok(value: Any) -> bool:
+    """A finite number (not a bool): a regression target."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+LABEL_CHECKS = {"class": _label_ok, "classes": _labels_ok, "value": _value_ok}
+LABEL_FIXES = {
+    "class": "A label must be a class name (str) or id (int): missing labels (None, NaN) are refused; drop or fix "
+             "these records. For several labels per text use task='multilabel_classification', for numbers "
+             "task='regression'.",
+    "classes": "A multi-label record's label must be a non-empty list of label names (str) or ids (int), e.g. "
+               "['sports', 'politics']: an empty list teaches nothing and hides a labelling gap, so it is refused. "
+               "Drop these records, or give them an explicit label (e.g. ['none']) and train on it.",
+    "value": "A regression label must be a finite number (int or float): NaN, inf, None, text and lists are "
+             "refused; drop or fix these records (e.g. float() on numeric strings, or fill the missing values).",
+}
+
+
 def check_value_types(records: list[dict[str, Any]], split: str, task: str, need_labels: bool = True) -> None:
     """Every text the task reads is a string, and every label a class name or id, before any work.
 
     `text`, `prompt` and `target` must be `str` (a `prompt` may also be None: no prompt); None, NaN
     (pandas' missing value, or a bare `NaN` in a JSONL file), numbers and lists are refused, since
     they would be trained on as the texts "None", "nan" or "[...]". A classification `label` must be a
-    str, an int or a bool (an integral float such as 1.0 passes as an id). The error names the
+    str, an int or a bool (an integral float such as 1.0 passes as an id); a multi-label one a non-empty
+    list of those; a regression one a finite number (NaN and inf refused). The error names the
     records (index in `split`) and the fix. Conversations (causal_lm) must be lists of messages with a
     known role and non-empty string content, with an assistant turn to learn when `need_labels`,
     and not mixed with other records (`finetune_lib.data.chat.check_conversations`).
@@ -92,7 +124,8 @@ def check_value_types(records: list[dict[str, Any]], split: str, task: str, need
                              "records.")
         check_conversations(records, split, need_assistant=need_labels)
         return
-    if task == "classification":
+    kind = get_task(task).label_kind if task in TASKS else None  # "class", "classes", "value" or None
+    if kind is not None:
         keys = ["text"]
     elif task == "causal_lm" and "target" not in records[0]:
         keys = ["text"]
@@ -100,7 +133,7 @@ def check_value_types(records: list[dict[str, Any]], split: str, task: str, need
         keys = ["prompt", "target"]
     if not need_labels:
         keys = [k for k in keys if k != "target"]
-    labels = task == "classification" and need_labels
+    labels = kind is not None and need_labels
     bad_text: list[str] = []
     bad_label: list[str] = []
     bad_keys: dict[str, None] = {}
@@ -114,7 +147,7 @@ def check_value_types(records: list[dict[str, Any]], split: str, task: str, need
             bad_keys[key] = None
             if len(bad_text) < 5:
                 bad_text.append(f"record {i}: {key} is {_describe(value)}")
-        if labels and "label" in r and not _label_ok(r["label"]):
+        if labels and "label" in r and not LABEL_CHECKS[kind](r["label"]):
             count += 1
             if len(bad_label) < 5:
                 bad_label.append(f"record {i}: label is {_describe(r['label'])}")
@@ -126,8 +159,7 @@ def check_value_types(records: list[dict[str, Any]], split: str, task: str, need
                      "'[...]': drop or fill these records (DatasetBuilder.from_records(...) drops empty ones and "
                      "counts them), or convert them on purpose with str().")
     if bad_label:
-        fixes.append("A label must be a class name (str) or id (int): missing (None, NaN), multi-label and "
-                     "regression (non-integral) labels are not supported; drop or fix these records.")
+        fixes.append(LABEL_FIXES[kind])
     shown = "; ".join(bad_text + bad_label) + (" ..." if count > len(bad_text) + len(bad_label) else "")
     raise ValueError(f"{count} value(s) of the {split} data have the wrong type for task {task!r}: {shown}. "
                      + " ".join(fixes))
@@ -204,19 +236,28 @@ def load_model(source: Any, task: Task, labels: dict[str, Any] | None, **options
     file loads a plain float32 model from it (`finetune_lib.training.gguf`). `options` go to
     `from_pretrained` (QLoRA's `quantization_config` and `device_map`).
     """
+    problem_type = getattr(task, "problem_type", None)  # multi-label and regression heads say so in their config
     if isinstance(source, torch.nn.Module):
         model = source
-        if task.name == "classification" and labels:
+        if task.has_classes and labels:
             check_fixed_head(model.config, labels, "The model")
             model.config.id2label, model.config.label2id = labels["id2label"], labels["label2id"]
+        if task.label_kind == "value":
+            check_regression_head(model.config)
+        if problem_type:
+            model.config.problem_type = problem_type
         return model
     kwargs: dict[str, Any] = {}
-    if task.name == "classification" and labels:
+    if task.has_classes and labels:
         config = _try_config(source)
         if config is not None and head_label_names(config) is not None:  # a fine-tuned classifier
             check_fixed_head(config, labels, repr(str(source)), source=str(source))
         kwargs = {"num_labels": len(labels["id2label"]), "id2label": labels["id2label"],
                   "label2id": labels["label2id"], "ignore_mismatched_sizes": True}
+    if task.label_kind == "value":  # one output; a classifier's head is rebuilt
+        kwargs = {"num_labels": 1, "ignore_mismatched_sizes": True}
+    if problem_type:
+        kwargs["problem_type"] = problem_type
     if is_gguf(source):
         return load_gguf_model(source, task.auto_class, **kwargs)
     try:
@@ -265,6 +306,16 @@ def check_fixed_head(config: Any, labels: dict[str, Any], what: str, source: str
                          f"head of the right size ({new_head}), or fix the labels.")
 
 
+def check_regression_head(config: Any) -> None:
+    """A regression head given as a model object must have one output."""
+    have = int(getattr(config, "num_labels", 0) or 0)
+    if have != 1:
+        raise ValueError(f"task='regression' needs a head with one output, and the model's has {have}. Pass the "
+                         "model as a hub id or folder (the head is rebuilt), or build it with "
+                         "AutoModelForSequenceClassification.from_pretrained(<its folder or hub id>, num_labels=1, "
+                         "ignore_mismatched_sizes=True).")
+
+
 def _show(values: list[Any], limit: int = 10) -> str:
     shown = ", ".join(map(repr, values[:limit]))
     return f"[{shown}{f', ... ({len(values)} in all)' if len(values) > limit else ''}]"
@@ -309,11 +360,18 @@ def labels_from_model(source: Any) -> list[Any] | None:
     return head_label_names(config)
 
 
-def fit_labels(pre: Any, model_or_source: Any, records: list[dict[str, Any]] | None) -> None:
+def fit_labels(pre: Any, model_or_source: Any, records: list[dict[str, Any]] | None, task: Any = None) -> None:
     """Give the Preprocessor its label mapping: from the training `records`, in the order of a
     fine-tuned head's own labels when they cover the data; with no records (evaluate/predict before
-    fit), the head's labels alone."""
+    fit), the head's labels alone. For token classification (`task.label_kind == "tags"`) the records'
+    tag names (`finetune_lib.data.token_labels.tag_label_records`)."""
     model_labels = labels_from_model(model_or_source)
+    if records and getattr(task, "label_kind", None) == "tags":
+        from ..data.token_labels import tag_label_records, tag_names
+
+        if model_labels and pre.label_names is None and set(tag_names(records)) <= set(model_labels):
+            pre.label_names = list(model_labels)  # a fine-tuned tagger's own order
+        records = tag_label_records(pre, records)
     if records is None:
         if model_labels is None:
             raise RuntimeError("The label names are unknown: call fit() first, or load a fine-tuned model.")

@@ -4,7 +4,9 @@
 * `CSVLogger`: one row a record, a column per key, for spreadsheets and ``pandas.read_csv``;
 * `TensorBoardLogger`: scalars for TensorBoard (``pip install 'finetune_lib[tensorboard]'``);
 * `LivePlot`: a loss and metric plot redrawn in Jupyter while training runs
-  (``pip install 'finetune_lib[plots]'``).
+  (``pip install 'finetune_lib[plots]'``);
+* `WandbLogger` and `MLflowLogger` (in ``wandb_logger.py`` and ``mlflow_logger.py``): experiment
+  trackers (``pip install 'finetune_lib[wandb]'`` / ``'finetune_lib[mlflow]'``).
 
 A record is what `FineTuner` logs (``state.record`` during ``on_log``): ``step``, ``epoch`` and
 keys such as ``train/loss``, ``train/lr``, ``validation/loss``, ``validation/<metric>``. The same
@@ -30,6 +32,7 @@ from typing import Any
 
 from ..events import Callback, TrainState
 from .callbacks import JSONLLogger
+from .distributed import is_main_process  # rank 0 logs (re-exported: the trackers' rule too)
 
 __all__ = ["CSVLogger", "JSONLLogger", "LOGGERS", "LivePlot", "TensorBoardLogger", "make_loggers"]
 
@@ -37,19 +40,10 @@ log = logging.getLogger(__name__)
 
 FIRST_COLUMNS = ("step", "epoch")
 
-LOGGERS = {"jsonl": "log.jsonl", "csv": "log.csv", "tensorboard": "tensorboard", "live": None}
-"""Logger names for `make_loggers`, with the file or folder each writes in the run folder."""
-
-
-def is_main_process(state: Any = None) -> bool:
-    """False on the processes other than rank 0 under torch.distributed (they log nothing): the
-    run's own view (``state.is_main_process``) when there is one, else torch.distributed's rank."""
-    main = getattr(state, "is_main_process", None)
-    if main is not None:
-        return bool(main)
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+LOGGERS = {"jsonl": "log.jsonl", "csv": "log.csv", "tensorboard": "tensorboard", "live": None, "wandb": None,
+           "mlflow": None}
+"""Logger names for `make_loggers`, with the file or folder each writes in the run folder (None: none;
+the trackers keep their own storage, set by ``WANDB_DIR`` / ``MLFLOW_TRACKING_URI``)."""
 
 
 def _plain(value: Any) -> Any:
@@ -325,10 +319,13 @@ def _has_number(record: Mapping[str, Any]) -> bool:
 
 
 def make_loggers(loggers: Iterable[str | Callback], output_dir: str | Path | None) -> list[Callback]:
-    """Loggers from names (``"jsonl"``, ``"csv"``, ``"tensorboard"``, ``"live"``) or ready objects.
+    """Loggers from names (``"jsonl"``, ``"csv"``, ``"tensorboard"``, ``"live"``, ``"wandb"``,
+    ``"mlflow"``) or ready objects.
 
     Named file loggers write into `output_dir` (``log.jsonl``, ``log.csv``, ``tensorboard/``) and are
-    left out when it is None; ``"live"`` is a `LivePlot`; `Callback` objects are kept as they are.
+    left out when it is None; ``"live"`` is a `LivePlot`; ``"wandb"`` and ``"mlflow"`` are a `WandbLogger`
+    and an `MLflowLogger` with their defaults (made without an `output_dir` too: a missing package fails
+    here); `Callback` objects are kept as they are.
 
     Example:
         >>> [type(c).__name__ for c in make_loggers(["jsonl", "csv"], "runs/a")]
@@ -344,7 +341,20 @@ def make_loggers(loggers: Iterable[str | Callback], output_dir: str | Path | Non
                              "Callback object (e.g. CSVLogger('path/log.csv')).")
         if item == "live":
             built.append(LivePlot())
+        elif item in ("wandb", "mlflow"):  # with their defaults; pass WandbLogger(...)/MLflowLogger(...) for options
+            built.append(_tracker(item))
         elif output_dir is not None:
             target = Path(output_dir) / str(LOGGERS[item])
             built.append({"jsonl": JSONLLogger, "csv": CSVLogger, "tensorboard": TensorBoardLogger}[item](target))
     return built
+
+
+def _tracker(name: str) -> Callback:
+    """The tracker `name` with its defaults."""
+    if name == "wandb":
+        from .wandb_logger import WandbLogger
+
+        return WandbLogger(finish_at_fit_end=True)  # no one else holds it to finish the run later
+    from .mlflow_logger import MLflowLogger
+
+    return MLflowLogger()

@@ -89,8 +89,11 @@ RULES: dict[str, Rule] = {
                                          "model's distribution, lower is more conservative, e.g. 0.7."),
     "top_p": Rule(False, 0, False, "Sampling keeps the smallest set of tokens whose probability reaches top_p: 1.0 "
                                    "keeps them all, e.g. 0.9.", high=1, high_ok=True, what="a number in (0, 1]"),
+    "threshold": Rule(False, 0, False, "The probability at or above which a label is predicted (multi-label), e.g. "
+                                       "0.5.", high=1, what="a number in (0, 1)"),
+    "huber_delta": Rule(False, 0, False, "Where the Huber loss turns linear, e.g. 1.0."),
 }
-FLAGS = ("group_by_length", "do_sample")
+FLAGS = ("group_by_length", "do_sample", "tune_thresholds", "scale_targets")
 
 
 def check_numbers(args: Any) -> None:

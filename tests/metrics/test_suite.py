@@ -320,8 +320,11 @@ def test_default_suites_clone_and_names():
     assert MetricSuite.default("classification").metrics[1].average == "macro"
     assert MetricSuite.default("causal_lm").names == ["perplexity", "token_accuracy"]
     assert MetricSuite.default("seq2seq").names == ["perplexity", "token_accuracy"]
+    assert MetricSuite.default("regression").names == ["mse", "mae", "r2", "pearson", "spearman"]
+    assert MetricSuite.default("multilabel_classification").names == [
+        "f1_micro", "f1_macro", "f1_samples", "hamming_loss", "subset_accuracy"]
     with pytest.raises(ValueError, match="classification"):
-        MetricSuite.default("regression")
+        MetricSuite.default("ranking")
     suite = MetricSuite([Accuracy()])
     suite.run(classification_batches())
     copy = suite.clone()

@@ -274,3 +274,43 @@ def test_progress_bar_shows_the_warning_in_a_real_fit(monkeypatch):
     assert bar.closed and bar.postfixes[-1].get("warning") == "overfitting"
     first = next(i for i, p in enumerate(bar.postfixes) if "warning" in p)
     assert "validation/loss" in bar.postfixes[first]  # shown with the evaluation that raised it
+
+
+def test_rdrop_on_token_classification_compares_each_labelled_token_with_itself():
+    # token classification: logits[:, t] predict labels[:, t] (no causal shift)
+    from finetune_lib.regularizers.rdrop import symmetric_kl
+    from finetune_lib.tasks import get_task
+
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    labels = torch.tensor([[-100, 1, 2, -100, 0], [-100, 0, -100, -100, -100]])
+    task = get_task("token_classification")
+
+    class Twice(torch.nn.Module):  # first pass returns a, the second b
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, **_):
+            self.calls += 1
+            return type("Out", (), {"logits": b})()
+
+    state = TrainState(model=Twice(), batch={"labels": labels}, task=task)
+    state.outputs = type("Out", (), {"logits": a})()
+    state.num_targets = 4
+    value = RDrop(alpha=1.0, forward=lambda m, batch: m(**batch)).penalty(state)
+    mask = labels != -100
+    torch.testing.assert_close(value, symmetric_kl(a[mask], b[mask]).sum() / 4)
+
+
+@pytest.mark.parametrize("task", ["regression", "multilabel_classification"])
+def test_rdrop_and_label_smoothing_refused_for_tasks_without_a_softmax(task):
+    from finetune_lib.regularizers import LabelSmoothing
+    from finetune_lib.tasks import get_task
+
+    state = TrainState(model=torch.nn.Linear(2, 2), task=get_task(task))
+    with pytest.raises(ValueError, match="Drop RDrop"):
+        RDrop(1.0).on_setup(state)
+    with pytest.raises(ValueError, match="Drop LabelSmoothing"):
+        LabelSmoothing(0.1).on_setup(state)

@@ -264,5 +264,5 @@ def test_make_loggers_from_names(tmp_path):
     assert isinstance(made[0], JSONLLogger) and made[0].path == tmp_path / "log.jsonl"
     assert made[1].path == tmp_path / "log.csv"
     assert [type(c).__name__ for c in make_loggers(["jsonl", "csv", "live"], None)] == ["LivePlot"]
-    with pytest.raises(ValueError, match="Unknown logger 'wandb'"):
-        make_loggers(["wandb"], tmp_path)
+    with pytest.raises(ValueError, match="Unknown logger 'neptune'"):
+        make_loggers(["neptune"], tmp_path)
