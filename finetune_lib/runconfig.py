@@ -25,7 +25,8 @@ KNOWN_KEYS: dict[str, str] = {
     "adapter": "LoRA adapter arguments (finetune_lib.adapters.LoRA): r, alpha, dropout, target_modules, ...",
     "regularizers": "a list of regularizer names, or {Name: value} / {Name: {argument: value}}",
     "metrics": "a list of metric names, or {name: {argument: value}}",
-    "training": "FineTuner settings: epochs, batch_size, learning_rate, precision, ... and device, overwrite",
+    "training": "FineTuner settings: epochs, batch_size, learning_rate, precision, ... and device, overwrite, "
+                "loggers",
     "output_dir": "the run folder (log.jsonl, checkpoints/, final/, results.json)",
     "resume": "true to continue from the newest checkpoint in output_dir, or a checkpoint folder",
     "evaluate_on": "test, validation or none (default: test, or validation when test is empty)",
@@ -37,7 +38,7 @@ TASKS += ("multilabel_classification", "regression")  # text and a list of label
 TASKS += ("token_classification",)  # words and one tag per word, or a text and its spans (token_task.py)
 SPLITS = ("test", "validation", "none")
 # FineTuner keyword arguments that may appear under `training` besides the TrainingArgs fields
-TUNER_OPTIONS = ("device", "overwrite", "progress")
+TUNER_OPTIONS = ("device", "overwrite", "progress", "loggers")
 
 
 class ConfigError(ValueError):
@@ -187,12 +188,27 @@ def _check_training(training: Mapping[str, Any], task: str = "classification", a
         raise ConfigError("training: key(s) no longer taken (see CHANGELOG.md):\n  " + "\n  ".join(moved))
     fields = list(TrainingArgs.__dataclass_fields__)
     check_keys(training, fields + list(TUNER_OPTIONS), "training")
+    if "loggers" in training:
+        _check_loggers(training["loggers"])
     args = TrainingArgs(**{k: v for k, v in training.items() if k in fields})
     try:
         args.validate()
         check_task_settings(get_task(task), args, adapter)  # e.g. class_weights with a task without classes
     except ValueError as err:
         raise ConfigError(f"training: {err}") from None
+
+
+def _check_loggers(names: Any) -> None:
+    """`training: {loggers: [jsonl, csv, mlflow]}`: known names, and their packages installed."""
+    from .training.loggers import LOGGERS, make_loggers
+
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"training: loggers must be a list of names from {', '.join(LOGGERS)}, e.g. "
+                          f"[jsonl, mlflow]; got {names!r}")
+    try:
+        make_loggers(names, None)  # unknown names and missing packages (wandb, mlflow) fail here
+    except (ValueError, ImportError) as err:
+        raise ConfigError(f"training: loggers: {err}") from None
 
 
 # --------------------------------------------------------------------------- building the objects

@@ -120,6 +120,8 @@ def test_unknown_key_fails_before_loading(assets, tmp_path, capsys):
     ("metrics: [{f1: {avg: macro}}]\n", "unknown key(s) 'avg' in metric F1"),
     ("split: {valid: 0.1}\n", "unknown key(s) 'valid' in split"),
     ("task: ranking\n", "task must be one of"),
+    ("training: {loggers: [jsonl, neptune]}\n", "training: loggers: "),
+    ("training: {loggers: jsonl}\n", "loggers must be a list of names"),
     ("task: regression\ntraining: {class_weights: balanced}\n", "class_weights is for tasks with classes"),
 ])
 def test_invalid_settings_fail_before_loading(tmp_path, capsys, extra, message):
@@ -142,3 +144,12 @@ def test_evaluate_command_with_json_config(assets, tmp_path, capsys):
     results = json.loads(capsys.readouterr().out)
     assert results["size"] == 60 and set(results["metrics"]) == {"loss", "accuracy"}
     assert json.loads((tmp_path / "ev" / "results.json").read_text())["metrics"] == results["metrics"]
+
+
+def test_loggers_key_writes_the_named_logs(assets, tmp_path, capsys):
+    cfg = write_config(tmp_path / "cfg.yaml", assets, tmp_path / "run")
+    text = cfg.read_text().replace("progress: false}", "progress: false, loggers: [jsonl, csv]}")
+    cfg.write_text(text)
+    assert cli.main(["train", str(cfg), "--quiet"]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "run" / "log.csv").is_file() and (tmp_path / "run" / "log.jsonl").is_file()

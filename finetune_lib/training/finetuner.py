@@ -14,6 +14,7 @@ import torch
 
 from ..data.collate import LengthGroupedBatches, to_device
 from ..data.preprocessor import Preprocessor
+from ..data.report import build_report
 from ..events import Callback, CallbackList, TrainState
 from ..metrics.suite import suite_for_task
 from ..regularizers.weight_decay import configured_weight_decay
@@ -61,6 +62,7 @@ from .resume import restore, write_checkpoint
 from .rundir import check_output_dir, prepare_output_dir
 from .runlock import holds_run_lock
 from .task_settings import check_task_settings, configure_task, head_labels, saved_weights, tune_thresholds
+from .tracking import log_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +110,9 @@ class FineTuner:
                  optimizer: Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None = None, **settings: Any):
         self.args = TrainingArgs.from_settings(settings)  # unknown or removed names refused, values checked
         self.task: Task = check_task_settings(get_task(task), self.args, adapter)  # e.g. class_weights fit the task
-        self.model_source = model
-        self.tokenizer_source = tokenizer
+        self.model_source, self.tokenizer_source = model, tokenizer
         self.preprocessor = preprocessor if preprocessor is not None else Preprocessor()
-        self.freezer = freezer
-        self.adapter = adapter
+        self.freezer, self.adapter = freezer, adapter
         self.regularizers = list(regularizers)
         self.metrics = suite_for_task(metrics, self.task.name)  # the default, or checked against the task now
         self.user_callbacks = list(callbacks)
@@ -170,8 +170,6 @@ class FineTuner:
         check_overlap(train_records, val_records)  # a warning when validation repeats training texts
         resume_from = check_output_dir(self.output_dir, resume, self.overwrite)
         if self.data_summary is None:
-            from ..data.report import build_report
-
             self.data_summary = build_report({"train": train_records, **({"validation": val_records} if val_records else {})})
         self.dist.init(self.device)
         self.dist.barrier()  # every process has checked the folder before rank 0 writes to it
@@ -330,6 +328,7 @@ class FineTuner:
         self.last_results, self.last_confidence = dict(results), confidence
         self.last_artifacts = dict(getattr(self.metrics, "last_artifacts", {}))  # e.g. a confusion matrix
         write_generations(self.output_dir, self.last_artifacts.get("generations"), self.dist.is_main)
+        log_evaluation(getattr(self, "_trackers", ()), results)  # W&B, MLflow: as eval/<key>
         return results
 
     def predict(self, texts: Sequence[str] | Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]]],
@@ -458,6 +457,7 @@ class FineTuner:
         built += self.regularizers + self.user_callbacks
         if self.dist.is_main:
             built += make_loggers(self.loggers, self.output_dir)
+        self._trackers = [c for c in built if hasattr(c, "log_results")]  # evaluate()'s results go to them too
         built.append(ProgressBar(self.progress if self.dist.is_main else False))
         return built
 

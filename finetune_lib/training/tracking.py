@@ -127,3 +127,15 @@ def save_model(state: TrainState, folder: Path) -> bool:
     if state.tokenizer is not None and hasattr(state.tokenizer, "save_pretrained"):
         state.tokenizer.save_pretrained(folder)
     return True
+
+
+def log_evaluation(trackers: Iterable[Any], results: Mapping[str, Any], split: str = "eval") -> None:
+    """`evaluate()`'s results to each tracker of the last `fit` that still has a run open (a W&B run
+    made from the name ``"wandb"`` closes at the end of `fit`; pass a `WandbLogger` to keep it)."""
+    for tracker in trackers:
+        if getattr(tracker, "run", True) is None:  # its run is closed
+            continue
+        try:
+            tracker.log_results(results, split=split)
+        except RuntimeError as error:  # no run to write to: the results are still returned to the caller
+            log.info("%s: evaluation results not logged (%s)", type(tracker).__name__, error)

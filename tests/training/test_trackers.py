@@ -167,6 +167,7 @@ def test_wandb_logs_settings_history_figures_results_and_model(tmp_path, wandb_e
     # evaluate() results in the summary, the last validation results too
     assert run["summary"]["test/accuracy"] == results["accuracy"] and run["summary"]["test/loss"] == results["loss"]
     assert run["summary"]["validation/accuracy"] == tuner.history[-1]["validation/accuracy"]
+    assert run["summary"]["eval/accuracy"] == results["accuracy"]  # evaluate() logs its results on its own
     # the model at the end of fit, as a W&B Artifact of type "model"
     (kind, name, paths), = run["artifacts"]
     assert kind == "model" and name == f"model-{run['id']}"
@@ -177,6 +178,7 @@ def test_wandb_by_name_finishes_its_run_at_the_end_of_fit(tmp_path, wandb_env):
     data = classification_records(40)
     tuner = make_tuner(tmp_path / "run", ["jsonl", "wandb"], epochs=1)
     tuner.fit(data[:32], data[32:])
+    tuner.evaluate(data[32:])  # the run is closed: nothing to log into, and no error
     run = read_wandb_run(wandb_env)  # WANDB_DIR and WANDB_MODE from the environment
     assert run["exit"] and run["config"]["epochs"] == 1
     for key, points in expected_series(tuner.history).items():
@@ -218,6 +220,7 @@ def test_mlflow_logs_params_metrics_figures_results_and_model(tmp_path, mlflow_u
     # evaluate() results, as metrics at the last step
     assert run.data.metrics["test/accuracy"] == results["accuracy"]
     assert metric_points(client, tracker.run_id, "test/loss") == [(tuner.state.step, results["loss"])]
+    assert metric_points(client, tracker.run_id, "eval/loss") == [(tuner.state.step, results["loss"])]  # on its own
     # the model folder and the figure as artifacts
     model_files = {Path(a.path).name for a in client.list_artifacts(tracker.run_id, "model")}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= model_files
