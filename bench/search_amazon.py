@@ -1,4 +1,4 @@
-"""A hyperparameter search on the amazon reviews with MiniLM -> bench/out/search_amazon.json.
+"""A hyperparameter search on the amazon reviews with MiniLM -> bench/search_amazon.json.
 
 The data (`../shared/data/amazon_cells_labelled.txt`, or the file named by FINETUNE_LIB_AMAZON_DATA)
 is read by path, never copied. The split is the benchmark's 80/20 stratified one (seed 0); the
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--baseline", action="store_true", help="also train and test the default settings")
-    parser.add_argument("--out", type=Path, default=OUT / "search_amazon.json")
+    parser.add_argument("--out", type=Path, default=BENCH / "search_amazon.json")
     opts = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("finetune_lib.training", "finetune_lib.freezing", "httpx"):
