@@ -153,3 +153,40 @@ def test_loggers_key_writes_the_named_logs(assets, tmp_path, capsys):
     assert cli.main(["train", str(cfg), "--quiet"]) == 0
     capsys.readouterr()
     assert (tmp_path / "run" / "log.csv").is_file() and (tmp_path / "run" / "log.jsonl").is_file()
+
+
+def test_regression_and_token_classification_from_configs(tmp_path, capsys):
+    """The CLI runs the new tasks end to end from a config: data columns, the task, results and a saved model."""
+    from finetune_lib.testing import tiny_model, tiny_wordpiece_tokenizer
+
+    folder = tmp_path / "model"
+    tok = tiny_wordpiece_tokenizer()
+    tiny_model("bert", "classification", vocab_size=len(tok)).save_pretrained(folder)  # a base encoder with a head
+    tok.save_pretrained(folder)
+    texts = sample_texts(40, seed=2, max_words=8)
+    (tmp_path / "scores.jsonl").write_text("".join(
+        json.dumps({"review": t, "score": float(len(t.split()))}) + "\n" for t in texts))
+    (tmp_path / "ner.jsonl").write_text("".join(
+        json.dumps({"words": t.split(), "ner": ["B-ITEM" if w in GOOD else "O" for w in t.split()]}) + "\n"
+        for t in texts))
+    runs = {
+        "regression": {"data": {"path": str(tmp_path / "scores.jsonl"), "text": "review", "label": "score"},
+                       "keys": {"mse", "mae", "r2", "pearson", "spearman"}},
+        "token_classification": {"data": {"path": str(tmp_path / "ner.jsonl"), "tokens": "words", "tags": "ner"},
+                                 "keys": {"precision", "recall", "f1", "accuracy"}},
+    }
+    for task, run in runs.items():
+        cfg = tmp_path / f"{task}.json"
+        cfg.write_text(json.dumps({"model": str(folder), "task": task, "data": run["data"],
+                                   "split": {"validation": 0.0, "test": 0.25, "seed": 0},
+                                   "training": {"epochs": 1, "batch_size": 8, "progress": False},
+                                   "output_dir": str(tmp_path / task)}))
+        assert cli.main(["train", str(cfg), "--quiet"]) == 0, task
+        results = json.loads(capsys.readouterr().out)
+        assert run["keys"] <= set(results["metrics"]), (task, results["metrics"])
+        config = json.loads((tmp_path / task / "final" / "config.json").read_text())
+        if task == "regression":
+            assert config["num_labels"] == 1 if "num_labels" in config else len(config["id2label"]) == 1
+            assert config["problem_type"] == "regression"
+        else:
+            assert set(config["id2label"].values()) == {"O", "B-ITEM", "I-ITEM"}
