@@ -43,6 +43,9 @@ def fingerprint(source: Any, model: Any, task: str, preprocessor: Any, args: Any
         "batch_size": args.batch_size,
         "gradient_accumulation": args.gradient_accumulation,
         "max_length": preprocessor.max_length,
+        # which tokens carry the loss, named only when not the default (older checkpoints keep matching)
+        **({"train_on": preprocessor.train_on} if getattr(preprocessor, "train_on", "assistant") != "assistant" else {}),
+        **({"label_all_subtokens": True} if getattr(preprocessor, "label_all_subtokens", False) else {}),
         "freezer": repr(freezer) if freezer is not None else None,
         **({"adapter": repr(adapter)} if adapter is not None else {}),
         "seed": args.seed,

@@ -295,6 +295,20 @@ def test_fingerprint_of_a_model_object_describes_it():
     assert model_fingerprint(relabeled) == same
 
 
+def test_fingerprint_names_which_tokens_carry_the_loss_only_when_not_the_default():
+    from finetune_lib import Preprocessor
+    from finetune_lib.training.args import TrainingArgs
+    from finetune_lib.training.resume import fingerprint
+
+    def of(pre):
+        return fingerprint("m", None, "causal_lm", pre, TrainingArgs(), None)
+
+    default = of(Preprocessor())
+    assert "train_on" not in default and "label_all_subtokens" not in default  # older checkpoints still match
+    assert of(Preprocessor(train_on="last_assistant"))["train_on"] == "last_assistant"
+    assert of(Preprocessor(label_all_subtokens=True))["label_all_subtokens"] is True
+
+
 def test_two_runs_with_the_same_seed_give_identical_weights(tmp_path):
     data = classification_records(48)
     a = make("bert", "classification", tmp_path / "a")
