@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..events import Callback, TrainState
+from ..events import TrainState
 from .distributed import is_main_process
-from .tracking import NewFigures, figures, require, run_settings, save_model, scalars
+from .tracking import NewFigures, TrackerCallback, figures, require, run_settings, save_model, scalars
 
 __all__ = ["MLflowLogger"]
 
@@ -57,7 +57,7 @@ def mlflow_key(key: str) -> str:
     return _BAD_KEY.sub("_", str(key))
 
 
-class MLflowLogger(Callback):
+class MLflowLogger(TrackerCallback):
     """Logs a run to MLflow: its settings as parameters, every logged record as metrics at its
     optimizer step (``train/loss``, ``train/lr``, ``validation/<metric>``, ...), the PNG figures
     found in the run folder as artifacts under ``plots/``, and the model at the end of `fit` as
@@ -138,12 +138,6 @@ class MLflowLogger(Callback):
                     self.log_model(folder)
         if self._owns_run:
             self.client.set_terminated(self.run_id)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id} if self.run_id else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.run_id = state.get("run_id") or self.run_id
 
     # ---- after fit ------------------------------------------------------------------------------------
     def log_results(self, results: Mapping[str, Any], split: str = "test") -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..events import TrainState
+from ..events import Callback, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,19 @@ log = logging.getLogger(__name__)
 AXES = ("step", "epoch")
 #: folders of a run that hold no figures of the run (checkpoints, trackers' own local stores)
 SKIPPED_FOLDERS = frozenset({"checkpoints", "wandb", "mlruns", "mlartifacts", "tensorboard"})
+
+
+class TrackerCallback(Callback):
+    """What both trackers keep in a checkpoint: the id of their run, so that `fit(resume=True)`
+    continues the same run."""
+
+    run_id: str | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id} if self.run_id else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run_id = state.get("run_id") or self.run_id
 
 
 def require(module: str, extra: str, user: str) -> Any:

@@ -22,16 +22,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..events import Callback, TrainState
+from ..events import TrainState
 from .distributed import is_main_process
-from .tracking import NewFigures, figures, require, run_settings, save_model, scalars
+from .tracking import NewFigures, TrackerCallback, figures, require, run_settings, save_model, scalars
 
 __all__ = ["WandbLogger"]
 
 log = logging.getLogger(__name__)
 
 
-class WandbLogger(Callback):
+class WandbLogger(TrackerCallback):
     """Logs a run to Weights & Biases: its settings as the run config, every logged record as
     history at its optimizer step (``train/loss``, ``train/lr``, ``validation/<metric>``, ...), the
     PNG figures found in the run folder as images (``plots/<name>``), and the model at the end of
@@ -108,12 +108,6 @@ class WandbLogger(Callback):
                     self.log_model(folder, metadata={"step": state.step, **scalars(_last_validation(state))})
         if self.finish_at_fit_end:
             self.finish()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id} if self.run_id else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.run_id = state.get("run_id") or self.run_id
 
     # ---- after fit ------------------------------------------------------------------------------------
     def log_results(self, results: Mapping[str, Any], split: str = "test") -> None:
