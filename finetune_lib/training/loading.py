@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import numbers
@@ -51,6 +52,9 @@ def as_records(data: Any, split: str, task: str, need_labels: bool = True) -> li
 
         check_tagged_records(records, split, need_tags=need_labels)
         return [normalize_tagged(r) for r in records]  # tokens and IOB2 tags (spans turned into tags)
+    if task in TASKS and get_task(task).label_kind == "classes":  # multi-label: a JSON list in a CSV cell
+        for r in records:
+            r["label"] = _json_list(r.get("label"))
     needed = REQUIRED_KEYS[task]
     if task == "causal_lm":
         needed = ("target",) if "target" in records[0] else ("text",)
@@ -80,6 +84,18 @@ def _label_ok(value: Any) -> bool:
     return isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer()
 
 
+def _json_list(value: Any) -> Any:
+    """A text holding a JSON list (``'["power", "display"]'``, as a CSV cell keeps it) as the list; any other
+    value as it is."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        return parsed if isinstance(parsed, list) else value
+    return value
+
+
 def _labels_ok(value: Any) -> bool:
     """A non-empty list (or tuple) of class names or ids: a multi-label record's labels."""
     return isinstance(value, (list, tuple)) and bool(value) and all(_label_ok(v) for v in value)
@@ -97,7 +113,9 @@ LABEL_FIXES = {
              "task='regression'.",
     "classes": "A multi-label record's label must be a non-empty list of label names (str) or ids (int), e.g. "
                "['sports', 'politics']: an empty list teaches nothing and hides a labelling gap, so it is refused. "
-               "Drop these records, or give them an explicit label (e.g. ['none']) and train on it.",
+               "Drop these records, or give them an explicit label (e.g. ['none']) and train on it. In a CSV/TSV "
+               "file write the cell as a JSON list (\"[\"\"sports\"\", \"\"politics\"\"]\"), or split a delimited "
+               "text yourself: [{**r, 'label': r['label'].split(';')} for r in builder].",
     "value": "A regression label must be a finite number (int or float): NaN, inf, None, text and lists are "
              "refused; drop or fix these records (e.g. float() on numeric strings, or fill the missing values).",
 }

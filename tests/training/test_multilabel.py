@@ -173,6 +173,28 @@ def test_scalar_label_and_tune_without_validation_are_refused(base_folder):
         FineTuner("unused", "multilabel_classification", threshold=1.5)
 
 
+def test_a_json_list_in_a_csv_cell_is_read_as_the_labels(base_folder, tmp_path):
+    import csv
+
+    data = multilabel_records(16)
+    path = tmp_path / "tickets.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "tags"])
+        writer.writerows([r["text"], json.dumps(r["label"])] for r in data)
+    from finetune_lib import DatasetBuilder
+
+    from_csv = FineTuner(str(base_folder), "multilabel_classification", max_steps=2, progress=False, seed=0)
+    from_csv.fit(DatasetBuilder.from_file(path, text="text", label="tags"))
+    from_lists = FineTuner(str(base_folder), "multilabel_classification", max_steps=2, progress=False, seed=0)
+    from_lists.fit(data)
+    assert from_csv.preprocessor.label_names == from_lists.preprocessor.label_names
+    assert [r["train/loss"] for r in from_csv.history] == [r["train/loss"] for r in from_lists.history]
+    data[0]["label"] = "battery;screen"  # a delimited text: refused, with the way to split it
+    with pytest.raises(ValueError, match=r"split\(';'\)"):
+        FineTuner(str(base_folder), "multilabel_classification", max_steps=1, progress=False).fit(data)
+
+
 def test_unknown_label_at_evaluation_is_named(base_folder):
     data = multilabel_records(16)
     tuner = FineTuner(str(base_folder), "multilabel_classification", max_steps=1, progress=False)
