@@ -10,18 +10,22 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import arrow_ops as _arrow_ops
 from . import dedup as _dedup
+from .arrow_records import ArrowRecords
+from .arrow_source import arrow_records_from, is_hf_dataset, load_hf_source, require_datasets_for
 from .loaders import DataError, read_file, table_from_dataframe, table_from_hf, table_from_records
 from .records import Records, build_records
 from .report import DataReport, build_report
+from .splitting import count, group_members, group_values, grouped_index, label_values, stratified_index, take
+from .splitting import round_table as _round_table  # noqa: F401  (kept importable from here)
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +37,20 @@ Column = str | int | None
 
 @dataclass
 class Splits:
-    """Train / validation / test ``Records`` (validation and test may be empty)."""
+    """Train / validation / test ``Records`` (validation and test may be empty); ``ArrowRecords`` for Arrow data."""
 
-    train: Records
-    validation: Records = field(default_factory=lambda: Records(name="validation"))
-    test: Records = field(default_factory=lambda: Records(name="test"))
+    train: Records | ArrowRecords
+    validation: Records | ArrowRecords = field(default_factory=lambda: Records(name="validation"))
+    test: Records | ArrowRecords = field(default_factory=lambda: Records(name="test"))
     dropped: dict[str, int] = field(default_factory=dict)
     """Rows dropped while loading (and by ``remove_leakage``), per reason."""
     dedup_counts: dict[str, int] = field(default_factory=dict)
 
-    def items(self) -> list[tuple[str, Records]]:
+    def items(self) -> list[tuple[str, Records | ArrowRecords]]:
         """``[("train", ...), ("validation", ...), ("test", ...)]``."""
         return [(name, getattr(self, name)) for name in SPLIT_NAMES]
 
-    def __getitem__(self, name: str) -> Records:
+    def __getitem__(self, name: str) -> Records | ArrowRecords:
         if name not in SPLIT_NAMES:
             raise KeyError(f"no split {name!r}; splits: {list(SPLIT_NAMES)}")
         return getattr(self, name)
@@ -60,14 +64,14 @@ class Splits:
 
         ``report.pairs["train/test"]["exact"]`` counts the test records whose text is in train.
         """
-        return _dedup.find_leakage(dict(self.items()), near=near, threshold=threshold)
+        return _arrow_ops.find_leakage(dict(self.items()), near=near, threshold=threshold)
 
     def remove_leakage(self, near: bool = False, threshold: float = 0.9) -> Splits:
         """New ``Splits`` without the validation / test records that duplicate an earlier split.
 
         Train is never changed; a test record duplicating validation is removed from test.
         """
-        found = _dedup.leaked_indices(dict(self.items()), near=near, threshold=threshold)
+        found = _arrow_ops.leaked_indices(dict(self.items()), near=near, threshold=threshold)
         drop: dict[str, set[int]] = {"validation": set(), "test": set()}
         for (_, late), leaked in found.items():
             drop[late].update(leaked)
@@ -75,7 +79,7 @@ class Splits:
         parts = {}
         for name in ("validation", "test"):
             recs = getattr(self, name)
-            parts[name] = Records((r for i, r in enumerate(recs) if i not in drop[name]), name=name)
+            parts[name] = take(recs, np.setdiff1d(np.arange(len(recs)), sorted(drop[name])), name)
             if drop[name]:
                 dropped[f"leakage_{name}"] = dropped.get(f"leakage_{name}", 0) + len(drop[name])
                 logger.warning("remove_leakage: dropped %d %s record(s) duplicating an earlier split",
@@ -86,7 +90,7 @@ class Splits:
         """A :class:`~finetune_lib.data.report.DataReport` over the three splits, leakage included."""
         parts = {name: recs for name, recs in self.items() if name == "train" or len(recs)}
         return build_report(parts, tokenizer, max_length, self.dropped, self.dedup_counts,
-                            _dedup.find_leakage(parts).to_dict())
+                            _arrow_ops.find_leakage(parts).to_dict())
 
     def __repr__(self) -> str:
         return f"Splits({', '.join(f'{k}={v}' for k, v in self.sizes.items())})"
@@ -103,7 +107,8 @@ class DatasetBuilder:
 
     def __init__(self, records: Iterable[dict[str, Any]] = (), name: str = "data",
                  dropped: Mapping[str, int] | None = None) -> None:
-        self.records = Records(records, name=name)
+        self.records: Records | ArrowRecords = (records if isinstance(records, ArrowRecords)
+                                                else Records(records, name=name))
         self.dropped: dict[str, int] = dict(dropped or {})
         self.dedup_counts: dict[str, int] = {}
 
@@ -175,24 +180,53 @@ class DatasetBuilder:
     @classmethod
     def from_hf(cls, dataset: Any, text: Column = None, label: Column = None, prompt: Column = None,
                 target: Column = None, group: Column = None, name: str | None = None,
-                strict: bool = False, messages: Column = None,
-                tokens: Column = None, tags: Column = None, spans: Column = None) -> DatasetBuilder:
-        """Load a Hugging Face ``datasets.Dataset`` (one split; ``datasets`` itself is not imported).
+                strict: bool = False, messages: Column = None, tokens: Column = None, tags: Column = None,
+                spans: Column = None, split: str | None = None, streaming: bool = False,
+                backend: str | None = None) -> DatasetBuilder:
+        """Load Hugging Face data: a ``Dataset``, a ``DatasetDict`` (with ``split=``), a ``save_to_disk``
+        folder, data files (``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet``/``.txt``, a glob or a list) or a
+        hub id with ``split=``.
+
+        The records stay in Arrow (:class:`~finetune_lib.data.arrow_records.ArrowRecords`, memory-mapped,
+        checked column-wise); :meth:`deduplicate`, :meth:`split` and the leakage check then work on
+        columns too, with the same results as for a list. Conversations and token classification
+        columns, and duck-typed datasets, take the list path (``backend="list"`` forces it).
 
         Columns map as in :meth:`from_file`. ``ClassLabel`` columns (and ``Sequence(ClassLabel)``) come
         in as their names, not their ids, so the trained model predicts names; rows labeled -1
         (``datasets``' "no label") count as empty labels. Label ids then follow the names' sorted
         order; to keep the data set's own order pass its names to the Preprocessor.
 
+        Args:
+            split: the split to load from a ``DatasetDict``, a folder of splits or the hub.
+            streaming: not yet supported (a clear ``NotImplementedError``): load without it, the
+                data is memory-mapped.
+            backend: ``"arrow"``, ``"list"`` or None (Arrow when it can). Arrow needs
+                ``pip install 'finetune_lib[hf]'``.
+
         Example:
             >>> ds = datasets.load_dataset("imdb", split="train")                      # doctest: +SKIP
             >>> b = DatasetBuilder.from_hf(ds)                 # labels "neg" / "pos"  # doctest: +SKIP
+            >>> b = DatasetBuilder.from_hf("data/reviews.parquet", text="review")      # doctest: +SKIP
             >>> pre = Preprocessor(labels=ds.features["label"].names)  # id order of the data set  # doctest: +SKIP
         """
+        if backend not in (None, "arrow", "list"):
+            raise ValueError(f"backend={backend!r}: use 'arrow', 'list' or None (Arrow when it can)")
+        require_datasets_for(backend)
+        dataset = load_hf_source(dataset, split=split, streaming=streaming)
         info = getattr(dataset, "info", None)
         name = name or getattr(info, "dataset_name", None) or "hf_dataset"
         mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group,
                    "messages": messages, "tokens": tokens, "tags": tags, "spans": spans}
+        if backend != "list" and is_hf_dataset(dataset):
+            loaded = arrow_records_from(mapping, dataset, name, strict)
+            if loaded is not None:
+                return cls(loaded[0], name=name, dropped=loaded[1])
+            if backend == "arrow":
+                raise DataError("backend='arrow' maps text, label, prompt, target and group columns; conversations "
+                                "and token classification load with backend='list'")
+        elif backend == "arrow":
+            raise TypeError(f"backend='arrow' needs a datasets.Dataset, got {type(dataset).__name__}")
         return cls._from_table(table_from_hf(dataset), mapping, name, strict)
 
     @classmethod
@@ -250,13 +284,14 @@ class DatasetBuilder:
         are counted. Counts add up in :attr:`dedup_counts` (``exact``, ``normalized``, ``near``,
         ``label_conflicts``). Returns ``self``.
         """
-        kept, counts = _dedup.deduplicate(self.records, normalized=normalized, near=near, threshold=threshold)
+        dedup = _arrow_ops.deduplicate if isinstance(self.records, ArrowRecords) else _dedup.deduplicate
+        kept, counts = dedup(self.records, normalized=normalized, near=near, threshold=threshold)  # type: ignore[operator]
         for key, value in counts.items():
             self.dedup_counts[key] = self.dedup_counts.get(key, 0) + value
         removed = len(self.records) - len(kept)
         if removed or counts["label_conflicts"]:
             logger.info("%s: deduplicate removed %d record(s) %s", self.name, removed, counts)
-        self.records = Records(kept, name=self.name)
+        self.records = kept if isinstance(kept, ArrowRecords) else Records(kept, name=self.name)
         return self
 
     def to_messages(self, system: str | None = None) -> DatasetBuilder:
@@ -321,7 +356,7 @@ class DatasetBuilder:
             reasons = ", ".join(f"{k}: {v}" for k, v in {**self.dropped, **self.dedup_counts}.items() if v) or "none"
             raise DataError(f"nothing left to split: 0 records kept of {dropped} read (dropped: {reasons}). Check the "
                             "column mapping and loosen the filters before splitting.")
-        sizes = {"validation": _count(validation, n, "validation"), "test": _count(test, n, "test")}
+        sizes = {"validation": count(validation, n, "validation"), "test": count(test, n, "test")}
         if sizes["validation"] + sizes["test"] >= n:
             raise DataError(f"validation={validation!r} and test={test!r} leave no training records out of {n}")
         if stratify and group:
@@ -329,14 +364,14 @@ class DatasetBuilder:
                              "groups) or stratify by label")
         index: dict[str, Any]
         if group:
-            index = _grouped(self.records, group, sizes, seed)
+            index = grouped_index(group_members(group_values(self.records, group)), sizes, seed)
         elif stratify:
-            index = _stratified(self.records, sizes, seed)
+            index = stratified_index(label_values(self.records), sizes, seed)
         else:
             perm = np.random.default_rng(seed).permutation(n)
             index = {"test": perm[: sizes["test"]], "validation": perm[sizes["test"] : sizes["test"] + sizes["validation"]],
                      "train": perm[sizes["test"] + sizes["validation"] :]}
-        parts = {name: Records((self.records[i] for i in sorted(index[name])), name=name) for name in SPLIT_NAMES}
+        parts = {name: take(self.records, index[name], name) for name in SPLIT_NAMES}
         for name in SPLIT_NAMES:
             if not parts[name] and (name == "train" or sizes[name]):
                 raise DataError(f"the {name} split would be empty; ask for more, or use a count (e.g. {name}=1)")
@@ -345,150 +380,3 @@ class DatasetBuilder:
     def report(self, tokenizer: Any = None, max_length: int | None = None) -> DataReport:
         """A :class:`~finetune_lib.data.report.DataReport` of the whole data set (before splitting)."""
         return build_report({self.name: self.records}, tokenizer, max_length, self.dropped, self.dedup_counts)
-
-
-# --------------------------------------------------------------------------- split helpers
-
-
-def _count(value: float | int, n: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a ratio (float) or a count (int), got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"{name}={value} must be >= 0")
-        return value
-    if not 0 <= value < 1:
-        raise ValueError(f"{name}={value} must be a ratio in [0, 1) or a count (int)")
-    count = math.ceil(value * n - 1e-9)
-    if value > 0 and count == 0:
-        raise DataError(f"{name}={value} of {n} records gives an empty split; pass a count, e.g. {name}=1")
-    return count
-
-
-def _labels(records: Sequence[Mapping[str, Any]]) -> list[Any]:
-    labels = [r.get("label") for r in records]
-    if any(label is None for label in labels) and any("tags" in r or "spans" in r for r in records):
-        raise DataError("stratify=True keeps each label's share, and token classification records have a tag per "
-                        "word, not one label per record: split with stratify=False, or give each record a 'label' "
-                        "to stratify on (e.g. its most frequent entity type; training ignores it)")
-    if any(label is None for label in labels):
-        raise DataError("stratify=True needs a label in every record; load with label=<column>")
-    return labels
-
-
-def _stratified(records: Sequence[Mapping[str, Any]], sizes: Mapping[str, int], seed: int) -> dict[str, Any]:
-    labels = _labels(records)
-    n = len(records)
-    if any(isinstance(v, (list, tuple)) for v in labels):  # multi-label: keep each label's share
-        from .multilabel_split import iterative_stratification
-
-        if not all(isinstance(v, (list, tuple)) for v in labels):
-            raise DataError("stratify=True: some labels are lists (multi-label) and some are not; make every label "
-                            "a list of label names, e.g. ['sports'] for a single label")
-        parts = iterative_stratification(labels, [sizes["test"], sizes["validation"],
-                                                  n - sizes["test"] - sizes["validation"]], seed)
-        return dict(zip(("test", "validation", "train"), parts, strict=True))
-    if any(isinstance(v, float) and not v.is_integer() for v in labels):
-        raise DataError("stratify=True keeps the share of each class, and these labels are numbers (regression "
-                        "targets such as 3.7), not classes: split with stratify=False, or bin the targets into a "
-                        "column of classes, stratify on it and keep the number in another column")
-    held = [name for name in ("validation", "test") if sizes[name]]
-    if len(held) == 1:  # the common case, identical to scikit-learn's stratified train_test_split
-        from sklearn.model_selection import train_test_split
-
-        try:
-            train, other = train_test_split(np.arange(n), test_size=sizes[held[0]], stratify=labels,
-                                            random_state=seed)
-        except ValueError as err:
-            raise DataError(f"cannot stratify: {err}") from err
-        return {"train": train, held[0]: other, **{k: [] for k in ("validation", "test") if k not in held}}
-    classes = list(dict.fromkeys(labels))
-    members: dict[Any, list[int]] = {c: [] for c in classes}
-    for i, label in enumerate(labels):
-        members[label].append(i)
-    totals = [sizes["test"], sizes["validation"], n - sizes["test"] - sizes["validation"]]
-    rng = np.random.default_rng(seed)
-    table = _round_table(np.array([len(members[c]) for c in classes]), np.array(totals), rng)
-    index: dict[str, list[int]] = {"test": [], "validation": [], "train": []}
-    for c, row in zip(classes, table, strict=True):
-        idx = rng.permutation(members[c])
-        index["test"] += idx[: row[0]].tolist()
-        index["validation"] += idx[row[0] : row[0] + row[1]].tolist()
-        index["train"] += idx[row[0] + row[1] :].tolist()
-    return index
-
-
-def _round_table(rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Round ``rows ⊗ cols / n`` entry-wise up or down keeping every row and column sum (a max flow)."""
-    ideal = np.outer(rows, cols) / rows.sum()
-    table = np.floor(ideal + 1e-9).astype(int)
-    can_round_up = (ideal - table) > 1e-9
-    row_need = rows - table.sum(1)
-    col_need = cols - table.sum(0)
-    # augmenting paths: source -> class (row_need) -> split (one unit if it may round up) -> sink (col_need)
-    flow = np.zeros_like(table)
-    row_flow, col_flow = np.zeros(len(rows), dtype=int), np.zeros(len(cols), dtype=int)
-    order = rng.permutation(len(rows))
-    for _ in range(int(row_need.sum())):
-        parent: dict[tuple[str, int], tuple[str, int] | None] = {}
-        queue = [("r", int(r)) for r in order if row_need[r] > row_flow[r]]
-        for start in queue:
-            parent[start] = None
-        end = None
-        while queue and end is None:
-            kind, x = queue.pop(0)
-            if kind == "r":
-                for s in range(len(cols)):
-                    if can_round_up[x, s] and not flow[x, s] and ("c", s) not in parent:
-                        parent[("c", s)] = (kind, x)
-                        if col_need[s] > col_flow[s]:
-                            end = ("c", s)
-                            break
-                        queue.append(("c", s))
-            else:
-                for r in np.flatnonzero(flow[:, x]):
-                    if ("r", int(r)) not in parent:
-                        parent[("r", int(r))] = (kind, x)
-                        queue.append(("r", int(r)))
-        if end is None:
-            break
-        col_flow[end[1]] += 1
-        node: tuple[str, int] = end
-        while (prev := parent[node]) is not None:
-            if prev[0] == "r":
-                flow[prev[1], node[1]] += 1
-            else:
-                flow[node[1], prev[1]] -= 1
-            node = prev
-        row_flow[node[1]] += 1
-    return table + flow
-
-
-def _grouped(records: Sequence[Mapping[str, Any]], key: str, sizes: Mapping[str, int], seed: int
-             ) -> dict[str, list[int]]:
-    members: dict[Any, list[int]] = {}
-    for i, record in enumerate(records):
-        if record.get(key) is None:
-            raise DataError(f"group={key!r}: record {i} has no {key!r}; load with group=<column>")
-        members.setdefault(record[key], []).append(i)
-    groups = list(members)
-    rng = np.random.default_rng(seed)
-    index: dict[str, list[int]] = {"test": [], "validation": [], "train": []}
-    assigned: dict[str, list[Any]] = {"test": [], "validation": [], "train": []}
-    for g in (groups[i] for i in rng.permutation(len(groups))):
-        size = len(members[g])
-        for name in ("test", "validation"):
-            have, want = len(index[name]), sizes[name]
-            if have < want and have + size - want <= want - have:  # taking it gets closer to the target
-                break
-        else:
-            name = "train"
-        index[name] += members[g]
-        assigned[name].append(g)
-    for name in ("test", "validation"):  # a requested split that no group fitted: take the smallest one
-        if sizes[name] and not index[name] and len(assigned["train"]) > 1:
-            g = min(assigned["train"], key=lambda x: len(members[x]))
-            assigned["train"].remove(g)
-            index["train"] = [i for i in index["train"] if i not in set(members[g])]
-            index[name] = members[g]
-    return index

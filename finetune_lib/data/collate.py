@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 IGNORE_INDEX = -100
@@ -81,9 +82,9 @@ class LengthGroupedBatches:
         [[2, 0], [3, 1]]
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_by_length: bool = True,
-                 mega: int = 50, drop_last: bool = False):
-        self.lengths = list(lengths)
+    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, seed: int = 0,
+                 group_by_length: bool = True, mega: int = 50, drop_last: bool = False):
+        self.lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)  # a numpy array: no Python loop per example
         self.batch_size, self.seed, self.group_by_length = batch_size, seed, group_by_length
         self.mega, self.drop_last = mega, drop_last
 
@@ -93,20 +94,42 @@ class LengthGroupedBatches:
 
     def epoch(self, epoch: int) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        order = torch.randperm(len(self.lengths), generator=g).numpy()
         if self.group_by_length:
-            size = self.batch_size * self.mega
-            grouped: list[int] = []
-            for i in range(0, len(order), size):
-                grouped.extend(sorted(order[i: i + size], key=lambda j: -self.lengths[j]))
-            order = grouped
-        batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            # longest first within each mega-batch, ties in shuffled order (a stable sort, vectorized)
+            mega_batch = np.arange(len(order)) // (self.batch_size * self.mega)
+            order = order[np.lexsort((-self.lengths[order], mega_batch))]
+        flat = order.tolist()
+        batches = [flat[i: i + self.batch_size] for i in range(0, len(flat), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         if self.group_by_length:
             perm = torch.randperm(len(batches), generator=g).tolist()
             batches = [batches[i] for i in perm]
         return batches
+
+
+def feature_lengths(pre: Any, features: Sequence[dict[str, Any]]) -> Sequence[int]:
+    """`pre.length` of every feature: the `lengths()` of `ArrowFeatures` (a numpy array, computed
+    column-wise), else one call per feature.
+
+    Example:
+        >>> feature_lengths(pre, [{"input_ids": [1, 2, 3]}, {"input_ids": [4]}])
+        [3, 1]
+    """
+    lengths = getattr(features, "lengths", None)
+    return lengths() if callable(lengths) else [pre.length(f) for f in features]
+
+
+def gather(features: Sequence[dict[str, Any]], indices: Sequence[int]) -> list[dict[str, Any]]:
+    """The features at `indices`: one batch read (`take`) from `ArrowFeatures`, else a list lookup.
+
+    Example:
+        >>> gather([{"input_ids": [1]}, {"input_ids": [2]}], [1, 0])
+        [{'input_ids': [2]}, {'input_ids': [1]}]
+    """
+    take = getattr(features, "take", None)
+    return take(indices) if callable(take) else [features[i] for i in indices]
 
 
 def sequential_batches(n: int, batch_size: int, lengths: Sequence[int] | None = None) -> Iterator[list[int]]:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import chat
+from .arrow_data import is_arrow
 from .collate import IGNORE_INDEX, collate
 from .encode_stats import EncodeStats
 from .packing import collate_packed
@@ -58,19 +60,27 @@ class Preprocessor:
             (`B-X` becomes `I-X` after the first piece) instead of labelling the first sub-token
             only (the others -100). Evaluation and `predict` read the first sub-token either way
             (`finetune_lib.data.token_labels`).
+        cache_dir: Arrow-backed records only (a `datasets.Dataset` or `ArrowRecords`): where tokenized
+            features are cached (`finetune_lib.data.encode_cache`); None: `$FINETUNE_LIB_CACHE`, else
+            `~/.cache/finetune_lib/tokenized`; False: no cache. A second `encode` of the same data with
+            the same tokenizer and settings reads the cache instead of tokenizing.
+        num_proc: Arrow-backed records only: processes that tokenize (forked workers, one shard of the
+            rows each); the features are the same as with one.
     """
 
     def __init__(self, clean: Sequence[str | Callable[[str], str]] | None = None, max_length: int | None = None,
                  strict: bool = False, prompt_template: str = "{prompt}", use_chat_template: bool = False,
                  labels: Sequence[Any] | None = None, batch_size: int = 1000, pack: bool = False,
                  pack_length: int | None = None, chat_template: str | None = None, train_on: str = "assistant",
-                 label_all_subtokens: bool = False):
+                 label_all_subtokens: bool = False, cache_dir: str | Path | bool | None = None, num_proc: int = 1):
         if train_on not in chat.TRAIN_ON:
             raise ValueError(f"train_on must be one of {', '.join(map(repr, chat.TRAIN_ON))}, not {train_on!r}.")
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must be at least 2 tokens, got {max_length}.")
         if pack_length is not None and pack_length < 2:
             raise ValueError(f"pack_length must be at least 2 tokens, got {pack_length}.")
+        if not isinstance(num_proc, int) or num_proc < 1:
+            raise ValueError(f"num_proc must be a whole number of processes, 1 or more, not {num_proc!r}.")
         from .cleaning import DEFAULT_STEPS, compose
 
         self.clean_steps = list(DEFAULT_STEPS if clean is None else clean)
@@ -84,6 +94,7 @@ class Preprocessor:
         self.pack, self.pack_length = pack, pack_length
         self.chat_template, self.train_on = chat_template, train_on
         self.label_all_subtokens = label_all_subtokens
+        self.cache_dir, self.num_proc = cache_dir, num_proc
         #: the form of packed rows' attention mask; FineTuner sets it for its model (`packing.packed_mask_dtype`)
         self.packed_mask_dtype: torch.dtype = torch.float32
         self.tokenizer: Any = None
@@ -101,7 +112,15 @@ class Preprocessor:
         self.tokenizer, self.task = tokenizer, task
         if self.chat_template:  # the user's template wins, and is saved with the tokenizer
             tokenizer.chat_template = self.chat_template
-        if train_records is not None and any(chat.is_conversation(r) for r in train_records):
+        if train_records is not None and is_arrow(train_records):  # read column-wise
+            from .arrow_data import column_names, label_records
+
+            conversations = "messages" in column_names(train_records)
+            if _label_kind(task) in ("class", "classes") and "label" in column_names(train_records):
+                train_records = label_records(train_records)
+        else:
+            conversations = train_records is not None and any(chat.is_conversation(r) for r in train_records)
+        if conversations:
             if task != "causal_lm":
                 raise ValueError(f"Conversation records (messages) are for task 'causal_lm', not {task!r}.")
             chat.require_chat_template(tokenizer, self.chat_template)
@@ -283,25 +302,33 @@ class Preprocessor:
         """A conversation's messages with their contents cleaned."""
         return [{**m, "content": self.clean_text(str(m["content"]))} for m in record["messages"]]
 
-    def encode(self, records: Sequence[Mapping[str, Any]], split: str = "train") -> list[dict[str, Any]]:
+    def encode(self, records: Sequence[Mapping[str, Any]] | Any, split: str = "train") -> Sequence[dict[str, Any]]:
         """Features for each record: `input_ids`, `attention_mask`, `labels`. Counts truncations.
 
         With `pack=True` the "train" split comes back as packed rows (`finetune_lib.data.packing`).
+        Arrow-backed records (a `datasets.Dataset`, or `ArrowRecords`) give `ArrowFeatures`: the same
+        features, memory-mapped from the tokenization cache (`cache_dir`), encoded in `num_proc`
+        processes (`finetune_lib.data.arrow_encode`).
+
+        Example:
+            >>> features = pre.encode(datasets.Dataset.from_list(records))   # ArrowFeatures
+            >>> features[0] == pre.encode(records)[0]
+            True
         """
         self._require_setup()
         packing = self.pack and split == "train"
         limit = min(int(self.max_length or 512), self.pack_length or 10**9) if packing else None
-        if _label_kind(self.task) == "tags":  # words and their tags (`finetune_lib.data.token_labels`)
-            from .token_labels import encode_tagged
+        if is_arrow(records):
+            from .arrow_encode import encode_arrow
 
-            features = encode_tagged(self, records, split)
-        elif _label_kind(self.task) is not None:  # text and label, for a sequence head
-            features = self._encode_classification(records, split)
-        elif any(chat.is_conversation(r) for r in records):
-            features = self._encode_conversations(records, split, limit)
+            features: Sequence[dict[str, Any]] = encode_arrow(self, records, split, limit, _label_kind(self.task))
         else:
-            features = self._encode_generation(records, split, limit)
+            features = self._encode_records(records, split, limit)
         st = self.stats[split]
+        if st.conversations_shortened:
+            log.info("%s: %d of %d conversations lost their oldest exchanges (%d messages) to fit %d tokens.",
+                     split, st.conversations_shortened, st.examples, st.dropped_turns,
+                     limit or self.max_length)
         if st.truncated:
             log.info("%s: %d of %d examples truncated to %d tokens.", split, st.truncated, st.examples,
                      limit or self.max_length)
@@ -314,6 +341,19 @@ class Preprocessor:
             log.info("%s: %d examples packed into %d rows of %d tokens (%.0f%% filled).", split, st.examples,
                      st.packed_rows, row_length, 100 * st.packing_efficiency)
         return features
+
+    def _encode_records(self, records: Sequence[Mapping[str, Any]], split: str,
+                        limit: int | None) -> list[dict[str, Any]]:
+        """The features of a list of records (not packed); sets `stats[split]`."""
+        if _label_kind(self.task) == "tags":  # words and their tags (`finetune_lib.data.token_labels`)
+            from .token_labels import encode_tagged
+
+            return encode_tagged(self, records, split)
+        if _label_kind(self.task) is not None:  # text and label, for a sequence head
+            return self._encode_classification(records, split)
+        if any(chat.is_conversation(r) for r in records):
+            return self._encode_conversations(records, split, limit)
+        return self._encode_generation(records, split, limit)
 
     def _tokenize(self, texts: list[str], **kw: Any) -> list[list[int]]:
         out: list[list[int]] = []
@@ -403,9 +443,6 @@ class Preprocessor:
                 self._truncated(stats, i, split, limit)
             features.append({"input_ids": enc.input_ids, "attention_mask": [1] * len(enc.input_ids),
                              "labels": enc.labels})
-        if stats.conversations_shortened:
-            log.info("%s: %d of %d conversations lost their oldest exchanges (%d messages) to fit %d tokens.",
-                     split, stats.conversations_shortened, stats.examples, stats.dropped_turns, limit)
         self._check_targets(features, split)
         self.stats[split] = stats
         return features

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..data.collate import sequential_batches, to_device
+from ..data.collate import feature_lengths, gather, sequential_batches, to_device
 from ..events import CallbackList, TrainState
 from ..generation import check_generation_settings, stop_token_ids
 from ..metrics.batch import EvalBatch
@@ -106,17 +106,18 @@ def evaluate_model(run: EvalSetup, records: list[dict[str, Any]], features: list
     size = batch_size or run.batch_size
     generative = task.generates
     log_rows = GenerationLog()
-    has_labels = all("labels" in f for f in features)
+    has_labels = features.has("labels") if hasattr(features, "has") else all("labels" in f for f in features)
     if not has_labels:
         raise ValueError("Evaluation needs labels (classification) or targets (generation) in every record.")
     totals = {"loss": torch.zeros((), dtype=torch.float64, device=run.device), "targets": 0}
 
     mine = run.dist.shard(range(len(features)))  # each process evaluates a disjoint shard
+    lengths = feature_lengths(pre, features)  # ArrowFeatures: column-wise
 
     def batches() -> Iterator[EvalBatch]:
-        for part in sequential_batches(len(mine), size, [pre.length(features[i]) for i in mine]):
+        for part in sequential_batches(len(mine), size, [lengths[i] for i in mine]):
             idx = [mine[j] for j in part]
-            batch = to_device(pre.collate([features[i] for i in idx]), run.device)
+            batch = to_device(pre.collate(gather(features, idx)), run.device)
             with torch.inference_mode(), run.autocast():
                 logits = task.forward(model, batch).logits.float()
             logits, labels = task.aligned(logits, batch["labels"])

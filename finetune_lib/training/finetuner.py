@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.collate import LengthGroupedBatches, to_device
+from ..data.collate import LengthGroupedBatches, feature_lengths, gather, to_device
 from ..data.preprocessor import Preprocessor
 from ..data.report import build_report
 from ..events import Callback, CallbackList, TrainState
@@ -184,7 +184,7 @@ class FineTuner:
         check_token_ids(train_features, model, "train")
         check_token_ids(val_features or [], model, "validation")
         micro = args.batch_size // args.gradient_accumulation
-        batches = LengthGroupedBatches([pre.length(f) for f in train_features], micro, seed=args.seed,
+        batches = LengthGroupedBatches(feature_lengths(pre, train_features), micro, seed=args.seed,
                                        group_by_length=args.group_by_length)
         steps_per_epoch = -(-len(batches) // args.gradient_accumulation)
         max_steps = args.max_steps or max(1, int(round(steps_per_epoch * args.epochs)))
@@ -388,12 +388,12 @@ class FineTuner:
             pieces = [idx[i: i + max(1, -(-len(idx) // split))] for idx in window
                       for i in range(0, len(idx), max(1, -(-len(idx) // split)))]
             shares, weights = pieces, [1.0] * len(pieces)
-            micro_batches = [pre.collate([features[i] for i in idx]) for idx in pieces]
+            micro_batches = [pre.collate(gather(features, idx)) for idx in pieces]
             state.num_targets = sum(self.task.count_targets(b) for b in micro_batches)
             if self.dist.enabled:  # each process keeps its share of every piece (the count stays global)
                 shares = [self.dist.shard(idx) or idx[:1] for idx in pieces]
                 weights = [float(self.dist.world_size) if self.dist.shard(idx) else 0.0 for idx in pieces]
-                micro_batches = [pre.collate([features[i] for i in idx]) for idx in shares]
+                micro_batches = [pre.collate(gather(features, idx)) for idx in shares]
             state.penalties = {}
             total = torch.zeros((), device=self.device)
             try:

@@ -10,9 +10,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AutoTokenizer
 
+from ..data.arrow_data import is_arrow, label_records, record_keys
 from ..tasks import TASKS, Task, get_task
 from .gguf import is_gguf, load_gguf_model, load_gguf_tokenizer
 
@@ -32,6 +34,10 @@ def as_records(data: Any, split: str, task: str, need_labels: bool = True) -> li
     """
     if data is None:
         raise ValueError(f"The {split} data is None. Pass a list of records or a split from DatasetBuilder.")
+    if hasattr(data, "records") and not isinstance(data, Mapping) and is_arrow(data.records):
+        data = data.records  # a DatasetBuilder over Arrow
+    if is_arrow(data) and not (task in TASKS and get_task(task).label_kind == "tags"):
+        return check_arrow_records(data, split, task, need_labels)  # stays Arrow: checked column by column
     if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
         data = data.to_dict("records")
     elif hasattr(data, "records") and not isinstance(data, Mapping):  # DatasetBuilder
@@ -70,6 +76,78 @@ def as_records(data: Any, split: str, task: str, need_labels: bool = True) -> li
                              f"{sorted(r)}. Rename the columns, e.g. DatasetBuilder.from_records(data, {hint}).")
     check_value_types(records, split, task, need_labels)
     return records
+
+
+def check_arrow_records(data: Any, split: str, task: str, need_labels: bool = True) -> Any:
+    """Arrow-backed records (a `datasets.Dataset`, `ArrowRecords`) checked column-wise, and returned as
+    they are: the columns the task needs are there, texts are strings with no nulls, labels have a
+    type the task takes (`check_value_types`' rules). Conversations are checked record by record, a chunk
+    at a time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ..data.arrow_data import column_names, hf_dataset, record_chunks
+
+    ds = hf_dataset(data)
+    names = column_names(data)
+    if len(ds) == 0:
+        raise ValueError(f"The {split} split is empty (0 records). Check the filters and the split sizes "
+                         "given to DatasetBuilder.split().")
+    if "messages" in names:
+        for first, chunk in record_chunks(data, 10_000):
+            try:
+                check_value_types(chunk, split, task, need_labels)
+            except ValueError as error:
+                raise ValueError(f"{error} (Record numbers count from row {first}.)") from error
+        return data
+    kind = get_task(task).label_kind if task in TASKS else None
+    needed = list(REQUIRED_KEYS[task])
+    if task == "causal_lm":
+        needed = ["target"] if "target" in names else ["text"]
+    if not need_labels:
+        needed = [k for k in needed if k not in ("label", "target")]
+    missing = [k for k in needed if k not in names]
+    if missing:
+        hint = ", ".join(f"{k}='<your column>'" for k in missing)
+        raise ValueError(f"The {split} data has no {missing} column for task {task!r}; its columns are {sorted(names)}. "
+                         f"Rename the columns, e.g. dataset.rename_column('<your column>', {missing[0]!r}), or "
+                         f"DatasetBuilder.from_hf(data, {hint}).")
+    table = ds.with_format("arrow")[:]  # the rows in order (a selection applied), memory-mapped where it can be
+    problems = []
+    for key in [k for k in ("text", "prompt", "target") if k in names and (k in needed or k == "prompt")]:
+        column = table.column(key)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                or (pa.types.is_null(column.type) and key == "prompt")):
+            problems.append(f"column {key!r} holds {column.type}, not strings")
+        elif key != "prompt" and column.null_count:
+            rows = pc.indices_nonzero(pc.is_null(column)).to_pylist()[:5]
+            problems.append(f"column {key!r} has {column.null_count} missing values (rows {rows})")
+    if kind is not None and need_labels and "label" in names:
+        label = table.column("label")
+        base = label.type.value_type if kind == "classes" and pa.types.is_list(label.type) else label.type
+        numeric = pa.types.is_integer(base) or pa.types.is_floating(base)
+        ok_type = {"class": numeric or pa.types.is_boolean(base) or pa.types.is_string(base)
+                   or pa.types.is_large_string(base),
+                   "classes": pa.types.is_list(label.type) and (pa.types.is_integer(base) or pa.types.is_string(base)),
+                   "value": numeric}[kind]
+        if not ok_type:
+            problems.append(f"column 'label' holds {label.type}")
+        elif label.null_count:
+            rows = pc.indices_nonzero(pc.is_null(label)).to_pylist()[:5]
+            problems.append(f"column 'label' has {label.null_count} missing values (rows {rows})")
+        elif kind == "classes" and pc.min(pc.list_value_length(label)).as_py() == 0:
+            problems.append("column 'label' has empty lists")
+        elif pa.types.is_floating(base) and kind != "classes":
+            values = label.to_numpy()
+            bad = ~np.isfinite(values) if kind == "value" else ~(np.isfinite(values) & (values == np.round(values)))
+            if bad.any():
+                problems.append(f"column 'label' has {int(bad.sum())} values that are not "
+                                f"{'finite' if kind == 'value' else 'whole numbers'} (rows {np.flatnonzero(bad)[:5].tolist()})")
+    if problems:
+        fix = LABEL_FIXES[kind] if kind is not None and any("label" in p for p in problems) else ""
+        raise ValueError(f"The {split} data has the wrong types for task {task!r}: {'; '.join(problems)}. Texts must be "
+                         f"strings (drop or fill the missing ones, e.g. dataset.filter(...)). {fix}".rstrip())
+    return data
 
 
 def _describe(value: Any) -> str:
@@ -199,12 +277,11 @@ def check_overlap(train: list[dict[str, Any]], validation: list[dict[str, Any]] 
     without validation data); logs one warning when some are shared.
     """
     from ..data.dedup import normalize_for_dedup
-    from ..data.records import record_key
 
-    if not validation:
+    if validation is None or not len(validation):
         return {}
-    train_keys = {record_key(r) for r in train}
-    val_keys = [record_key(r) for r in validation]
+    train_keys = set(record_keys(train))  # column-wise for Arrow-backed records
+    val_keys = record_keys(validation)
     exact = [i for i, k in enumerate(val_keys) if k in train_keys]
     normalized: list[int] = []
     checked_normalized = sum(map(len, train_keys)) + sum(map(len, val_keys)) <= normalize_limit
@@ -352,9 +429,12 @@ def check_token_ids(features: list[dict[str, Any]], model: torch.nn.Module, spli
     """Token ids must index the model's embedding table (a tokenizer from another model would not)."""
     emb = model.get_input_embeddings()
     size = emb.num_embeddings if emb is not None else None
-    if size is None or not features:
+    if size is None or not len(features):
         return
-    worst = max((max(f["input_ids"]) if f["input_ids"] else 0) for f in features)
+    if hasattr(features, "max_token_id"):  # ArrowFeatures: one column-wise max
+        worst = features.max_token_id()
+    else:
+        worst = max((max(f["input_ids"]) if f["input_ids"] else 0) for f in features)
     if worst >= size:
         raise ValueError(f"{split} has token id {worst} but the model's embedding table has {size} rows: the "
                          "tokenizer does not belong to this model. Use the model's own tokenizer, or call "
@@ -384,6 +464,8 @@ def fit_labels(pre: Any, model_or_source: Any, records: list[dict[str, Any]] | N
     fit), the head's labels alone. For token classification (`task.label_kind == "tags"`) the records'
     tag names (`finetune_lib.data.token_labels.tag_label_records`)."""
     model_labels = labels_from_model(model_or_source)
+    if records is not None and is_arrow(records):
+        records = label_records(records)  # the label column alone
     if records and getattr(task, "label_kind", None) == "tags":
         from ..data.token_labels import tag_label_records, tag_names
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.arrow_data import is_arrow, label_records
 from ..sequence_tasks import DEFAULT_THRESHOLD, REGRESSION_LOSSES
 
 THRESHOLDS_KEY = "finetune_lib_thresholds"  # config.json: {label name: threshold}
@@ -93,6 +94,8 @@ def configure_task(task: Any, pre: Any, model: Any, args: Any, records: list[dic
         task.huber_delta = float(args.huber_delta)
     if records is None:
         return
+    if is_arrow(records) and task.label_kind is not None:  # Arrow-backed: the label column alone
+        records = label_records(records)
     if args.class_weights is not None and task.label_kind == "class":
         task.class_weights = torch.tensor(class_weight_values(args.class_weights, names, [r["label"] for r in records],
                                                               pre), dtype=torch.float32)
@@ -171,13 +174,13 @@ def tune_thresholds(task: Any, args: Any, run: Any, features: list[dict[str, Any
     if not features:
         raise ValueError("tune_thresholds=True picks thresholds on the validation data: pass it to fit(train, "
                          "validation), or set tune_thresholds=False.")
-    from ..data.collate import sequential_batches, to_device
+    from ..data.collate import feature_lengths, gather, sequential_batches, to_device
 
     pre, model = run.preprocessor, run.model
     model.eval()
     probs, truth = [], []
-    for idx in sequential_batches(len(features), run.batch_size, [pre.length(f) for f in features]):
-        batch = to_device(pre.collate([features[i] for i in idx]), run.device)
+    for idx in sequential_batches(len(features), run.batch_size, feature_lengths(pre, features)):
+        batch = to_device(pre.collate(gather(features, idx)), run.device)
         with run.autocast():
             probs.append(task.forward(model, batch).logits.float().sigmoid().cpu())
         truth.append(batch["labels"].cpu())
