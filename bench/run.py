@@ -293,9 +293,9 @@ def main() -> None:
             "repeats": repeats, "threads": args.threads or "torch default", "date": time.strftime("%Y-%m-%d %H:%M")}
     result = {**flat(summary), "meta": meta}
     results_file = BENCH / f"results{suffix}.json"
-    if results_file.exists():  # keep what preprocess_bench.py and soak.py merged in
+    if results_file.exists():  # keep what preprocess_bench.py, soak.py, chat_recipes.py and data_encode.py merged in
         kept = {k: v for k, v in json.loads(results_file.read_text()).items()
-                if k.startswith(("preprocess_", "soak_", "chat_recipes"))}
+                if k.startswith(("preprocess_", "soak_", "chat_recipes", "data_"))}
         result.update(kept)
     results_file.write_text(json.dumps(result, indent=1) + "\n")
     (BENCH / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1) + "\n")
