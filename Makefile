@@ -51,6 +51,7 @@ bench: $(STAMP) $(SMOLLM2)
 	$(PY) bench/soak.py
 	$(PY) bench/chat_recipes.py
 	$(PY) bench/data_encode.py
+	$(PY) bench/data_10m.py
 
 # on a CUDA GPU: MFU of GPT-2-124M at 1,024 tokens, eager and compiled -> bench/gpu_mfu.json (sized for ~4-5 min)
 gpu-mfu: $(STAMP)

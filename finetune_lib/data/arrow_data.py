@@ -2,7 +2,7 @@
 
 `Preprocessor.encode` and `FineTuner.fit` take such data without turning it into a list of dicts:
 these helpers tell it apart (`is_arrow`), reach the `datasets.Dataset` behind it (`hf_dataset`), read it
-in chunks of records (`record_chunks`), and read the columns that checks need (`label_records`,
+in chunks of records (`record_chunks`), and read the columns that checks need (`label_counts`, `label_records`,
 `record_keys`).
 
 Example:
@@ -21,7 +21,8 @@ from typing import Any
 
 from .records import record_key
 
-__all__ = ["column", "column_names", "hf_dataset", "is_arrow", "label_records", "record_chunks", "record_keys"]
+__all__ = ["arrow_column", "column", "column_names", "distinct_label_records", "hf_dataset", "is_arrow", "label_column", "label_counts",
+           "label_records", "record_chunks", "record_keys"]
 
 
 def is_arrow(data: Any) -> bool:
@@ -62,15 +63,50 @@ def record_chunks(data: Any, size: int, start: int = 0, stop: int | None = None
         yield first, [dict(zip(names, values)) for values in zip(*(columns[n] for n in names))]
 
 
+def arrow_column(data: Any, name: str) -> Any:
+    """One column of Arrow-backed `data` as a `pyarrow.ChunkedArray`, in row order: a selection of rows is
+    applied by one `take` (zero-copy without one; `datasets`' own row lookup gathers row by row)."""
+    ds = hf_dataset(data)
+    if name not in ds.column_names:
+        raise KeyError(f"no column {name!r}; columns: {list(ds.column_names)}")
+    values = ds.data.column(name)
+    indices = getattr(ds, "_indices", None)
+    return values if indices is None else values.take(indices.column(0))
+
+
 def column(data: Any, name: str) -> list[Any]:
     """One column of Arrow-backed `data` as a list, in row order (a selection of rows applied)."""
-    ds = hf_dataset(data)
-    return ds.select_columns([name]).with_format("arrow")[:].column(name).to_pylist()
+    return arrow_column(data, name).to_pylist()
 
 
 def label_records(data: Any) -> list[dict[str, Any]]:
-    """`{"label": value}` per row, read from the label column alone: what label mapping and class weights need."""
+    """`{"label": value}` per row, read from the label column alone (a Python dict per row: multi-label class
+    weights need each row's labels; the label mapping needs only `distinct_label_records`)."""
     return [{"label": v} for v in column(data, "label")]
+
+
+def label_column(data: Any) -> Any:
+    """The `label` column of Arrow-backed `data` as one `pyarrow.Array`, in row order (a selection applied)."""
+    return arrow_column(data, "label").combine_chunks()
+
+
+def label_counts(data: Any) -> tuple[list[Any], list[int]]:
+    """The distinct labels of Arrow-backed `data` in first-seen order and the rows holding each, counted by
+    `pyarrow.compute.value_counts` (no Python object per row); a list column (multi-label) counts its labels."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = label_column(data)
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
+        col = pc.list_flatten(col)
+    counts = pc.value_counts(col)
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+
+
+def distinct_label_records(data: Any) -> list[dict[str, Any]]:
+    """`{"label": value}` once per distinct label (each label of a list column once), first-seen order: what
+    `Preprocessor.fit_labels` needs, read column-wise."""
+    return [{"label": v} for v in label_counts(data)[0]]
 
 
 def record_keys(data: Any) -> list[str]:

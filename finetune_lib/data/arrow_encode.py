@@ -135,6 +135,7 @@ def _encode_files(pre: Any, records: Any, split: str, limit: int | None, label_k
     else:
         global _JOB
         _JOB = job
+        _release_free_memory()  # the workers start from a copy of this process: give it only what is in use
         try:
             with multiprocessing.get_context("fork").Pool(procs) as pool:
                 results = pool.map(_work, range(procs))
@@ -144,6 +145,22 @@ def _encode_files(pre: Any, records: Any, split: str, limit: int | None, label_k
     for (start, _), (_, shard) in zip(bounds, results):
         _merge(stats, shard, start)
     return names, sum(rows for rows, _ in results), stats
+
+
+def _release_free_memory() -> None:
+    """Collect garbage and hand free memory back to the system (Arrow's memory pool, glibc's `malloc_trim`), so
+    that the forked workers do not start with the parent's freed memory counted in their resident size."""
+    import ctypes
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()  # whole columns taken for hashing, checks, ... (mimalloc keeps them)
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def _work(k: int) -> tuple[int, EncodeStats]:

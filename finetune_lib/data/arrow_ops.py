@@ -169,7 +169,13 @@ def _set_labels(records: ArrowRecords, changes: Mapping[int, Any]) -> ArrowRecor
     new = pc.replace_with_mask(column, pa.array(mask), values)
     i = table.column_names.index("label")
     try:
-        new_table = table.set_column(i, table.schema.field(i), pa.chunked_array([new]))
+        try:
+            new_table = table.set_column(i, table.schema.field(i), pa.chunked_array([new]))
+        except NotImplementedError:  # a table over several files (ConcatenationTable): the new column beside them
+            from datasets.table import InMemoryTable, concat_tables
+
+            new_table = concat_tables([table.remove_column(i), InMemoryTable(pa.table({"label": new}))],
+                                      axis=1).select(table.column_names)
         return ArrowRecords(datasets.Dataset(new_table, info=ds.info.copy(), split=ds.split, indices_table=indices),
                             name=records.name)
     except (TypeError, AttributeError):  # pragma: no cover - a datasets release with another Table API
@@ -202,17 +208,25 @@ def leaked_indices(parts: Mapping[str, Sequence[Mapping[str, Any]] | ArrowRecord
                 near_hits.setdefault((early, late), set()).add(li)
     out: dict[tuple[str, str], dict[int, str]] = {}
     for x, early in enumerate(names):
-        exact_early, norm_early = hashes[early]
+        exact_early, norm_early = (np.sort(h) for h in hashes[early])  # sorted once, searched by each later part
         for late in names[x + 1 :]:
             exact_late, norm_late = hashes[late]
             kind = np.zeros(len(exact_late), dtype=np.int8)
-            kind[np.isin(norm_late, norm_early)] = 2
-            kind[np.isin(exact_late, exact_early)] = 1
+            kind[_member(norm_late, norm_early)] = 2
+            kind[_member(exact_late, exact_early)] = 1
             for i in near_hits.get((early, late), ()):
                 if not kind[i]:
                     kind[i] = 3
             out[(early, late)] = {int(i): ("", "exact", "normalized", "near")[kind[i]] for i in np.flatnonzero(kind)}
     return out
+
+
+def _member(values: np.ndarray, sorted_pool: np.ndarray) -> np.ndarray:
+    """``numpy.isin(values, sorted_pool)`` for a sorted pool (a binary search; the pool is not sorted again)."""
+    if not len(sorted_pool):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_pool, values), len(sorted_pool) - 1)
+    return sorted_pool[at] == values
 
 
 def find_leakage(parts: Mapping[str, Sequence[Mapping[str, Any]] | ArrowRecords], near: bool = False,

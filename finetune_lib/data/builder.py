@@ -26,6 +26,7 @@ from .records import Records, build_records
 from .report import DataReport, build_report
 from .splitting import count, group_members, group_values, grouped_index, label_values, stratified_index, take
 from .splitting import round_table as _round_table  # noqa: F401  (kept importable from here)
+from .streaming import STREAM_SPLIT_HINT, StreamingRecords, load_stream
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +108,8 @@ class DatasetBuilder:
 
     def __init__(self, records: Iterable[dict[str, Any]] = (), name: str = "data",
                  dropped: Mapping[str, int] | None = None) -> None:
-        self.records: Records | ArrowRecords = (records if isinstance(records, ArrowRecords)
-                                                else Records(records, name=name))
+        self.records: Records | ArrowRecords | StreamingRecords = (
+            records if isinstance(records, (ArrowRecords, StreamingRecords)) else Records(records, name=name))
         self.dropped: dict[str, int] = dict(dropped or {})
         self.dedup_counts: dict[str, int] = {}
 
@@ -199,8 +200,10 @@ class DatasetBuilder:
 
         Args:
             split: the split to load from a ``DatasetDict``, a folder of splits or the hub.
-            streaming: not yet supported (a clear ``NotImplementedError``): load without it, the
-                data is memory-mapped.
+            streaming: read the data as training goes (:class:`~finetune_lib.data.streaming.StreamingRecords`),
+                for corpora larger than memory or disk; training then needs ``max_steps``. A stream cannot be
+                split, deduplicated or reported whole: hold out its first rows with :meth:`take` / :meth:`skip`,
+                or load a separate validation split without streaming.
             backend: ``"arrow"``, ``"list"`` or None (Arrow when it can). Arrow needs
                 ``pip install 'finetune_lib[hf]'``.
 
@@ -213,11 +216,15 @@ class DatasetBuilder:
         if backend not in (None, "arrow", "list"):
             raise ValueError(f"backend={backend!r}: use 'arrow', 'list' or None (Arrow when it can)")
         require_datasets_for(backend)
+        mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group,
+                   "messages": messages, "tokens": tokens, "tags": tags, "spans": spans}
+        if streaming or type(dataset).__name__ in ("IterableDataset", "IterableDatasetDict"):
+            stream = load_stream(dataset, split=split)
+            info_name = getattr(getattr(stream, "info", None), "dataset_name", None)
+            return cls(StreamingRecords(stream, **mapping, name=name or info_name or "hf_stream", strict=strict))
         dataset = load_hf_source(dataset, split=split, streaming=streaming)
         info = getattr(dataset, "info", None)
         name = name or getattr(info, "dataset_name", None) or "hf_dataset"
-        mapping = {"text": text, "label": label, "prompt": prompt, "target": target, "group": group,
-                   "messages": messages, "tokens": tokens, "tags": tags, "spans": spans}
         if backend != "list" and is_hf_dataset(dataset):
             loaded = arrow_records_from(mapping, dataset, name, strict)
             if loaded is not None:
@@ -248,6 +255,8 @@ class DatasetBuilder:
 
     # -- list-like ----------------------------------------------------------------------------
     def __len__(self) -> int:
+        if isinstance(self.records, StreamingRecords):
+            raise TypeError(f"{self.name} is a stream: its length is unknown until it has been read")
         return len(self.records)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -265,7 +274,38 @@ class DatasetBuilder:
         return self.records.columns
 
     def __repr__(self) -> str:
+        if isinstance(self.records, StreamingRecords):
+            return f"DatasetBuilder(name={self.name!r}, streaming, dropped={self.records.dropped})"
         return f"DatasetBuilder(name={self.name!r}, n={len(self)}, columns={self.columns}, dropped={self.dropped})"
+
+    @property
+    def streaming(self) -> bool:
+        """True when the records are a stream (``from_hf(..., streaming=True)``)."""
+        return isinstance(self.records, StreamingRecords)
+
+    def take(self, n: int) -> DatasetBuilder:
+        """A stream's first `n` rows (the kept ones), read now into an in-memory builder: e.g. a
+        validation split held out of a stream, with :meth:`skip` giving the rest to train on.
+
+        Example:
+            >>> stream = DatasetBuilder.from_hf("big.jsonl", text="review", streaming=True)  # doctest: +SKIP
+            >>> validation, train = stream.take(1000), stream.skip(1000)                     # doctest: +SKIP
+        """
+        if not isinstance(self.records, StreamingRecords):
+            return DatasetBuilder(take(self.records, np.arange(min(n, len(self.records))), self.name),
+                                  name=self.name, dropped=self.dropped)
+        return DatasetBuilder(self.records.take(n), name=self.name)
+
+    def skip(self, n: int) -> DatasetBuilder:
+        """A stream without its first `n` rows (see :meth:`take`); for in-memory data, the records after the first n."""
+        if not isinstance(self.records, StreamingRecords):
+            rest = np.arange(min(n, len(self.records)), len(self.records))
+            return DatasetBuilder(take(self.records, rest, self.name), name=self.name, dropped=self.dropped)
+        return DatasetBuilder(self.records.skip(n), name=self.name)
+
+    def _refuse_stream(self, what: str, do: str) -> None:
+        if isinstance(self.records, StreamingRecords):
+            raise DataError(f"{self.name}: " + STREAM_SPLIT_HINT.format(what=what, do=do))
 
     # -- transformations ----------------------------------------------------------------------
     def filter(self, predicate: Callable[[dict[str, Any]], bool], reason: str = "filtered") -> DatasetBuilder:
@@ -284,6 +324,7 @@ class DatasetBuilder:
         are counted. Counts add up in :attr:`dedup_counts` (``exact``, ``normalized``, ``near``,
         ``label_conflicts``). Returns ``self``.
         """
+        self._refuse_stream("deduplicated", "deduplicate")
         dedup = _arrow_ops.deduplicate if isinstance(self.records, ArrowRecords) else _dedup.deduplicate
         kept, counts = dedup(self.records, normalized=normalized, near=near, threshold=threshold)  # type: ignore[operator]
         for key, value in counts.items():
@@ -348,8 +389,11 @@ class DatasetBuilder:
             seed: the same seed gives the same splits.
 
         Raises:
-            DataError: a requested split would be empty, or nothing would be left to train on.
+            DataError: a requested split would be empty, nothing would be left to train on, or the records
+                are a stream (hold out its first rows with :meth:`take` and :meth:`skip` instead).
         """
+        self._refuse_stream("stratified" if stratify else "grouped" if group else "split at random",
+                            "split")
         n = len(self.records)
         if n == 0:
             dropped = sum(self.dropped.values()) + sum(v for k, v in self.dedup_counts.items() if k != "label_conflicts")
@@ -379,4 +423,5 @@ class DatasetBuilder:
 
     def report(self, tokenizer: Any = None, max_length: int | None = None) -> DataReport:
         """A :class:`~finetune_lib.data.report.DataReport` of the whole data set (before splitting)."""
+        self._refuse_stream("reported whole", "report on")
         return build_report({self.name: self.records}, tokenizer, max_length, self.dropped, self.dedup_counts)

@@ -113,11 +113,11 @@ class Preprocessor:
         if self.chat_template:  # the user's template wins, and is saved with the tokenizer
             tokenizer.chat_template = self.chat_template
         if train_records is not None and is_arrow(train_records):  # read column-wise
-            from .arrow_data import column_names, label_records
+            from .arrow_data import column_names, distinct_label_records
 
             conversations = "messages" in column_names(train_records)
             if _label_kind(task) in ("class", "classes") and "label" in column_names(train_records):
-                train_records = label_records(train_records)
+                train_records = distinct_label_records(train_records)  # the mapping needs each label once
         else:
             conversations = train_records is not None and any(chat.is_conversation(r) for r in train_records)
         if conversations:

@@ -129,28 +129,84 @@ def token_lengths(tokenizer: Any, texts: Sequence[str], batch_size: int = 1000) 
     return lengths
 
 
-def _split_stats(name: str, records: Sequence[Mapping[str, Any]], tokenizer: Any, max_length: int | None
-                 ) -> SplitStats:
-    texts = [record_text(r) for r in records]
+def _arrow_text_column(records: Any) -> bool:
+    """Arrow-backed records whose model input is their ``text`` column (read column-wise here)."""
+    from .arrow_data import column_names, is_arrow
+
+    if not is_arrow(records):
+        return False
+    import pyarrow as pa
+
+    from .arrow_data import hf_dataset
+
+    names = column_names(records)
+    if "text" not in names or "messages" in names or "tokens" in names:
+        return False
+    column = hf_dataset(records).data.column("text")  # the whole table's: strings without nulls (as from_hf makes)
+    return (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) and column.null_count == 0
+
+
+def _arrow_label_counts(records: Any) -> dict[Any, int]:
+    """The label counts of Arrow-backed records, as the row-by-row loop counts them, with ``value_counts``."""
+    from .arrow_data import column_names, label_counts
+
+    if "label" not in column_names(records):
+        return {}
     labels: dict[Any, int] = {}
-    for r in records:
-        value = r.get("label")
+    for value, n in zip(*label_counts(records), strict=True):
         if value is None or (isinstance(value, float) and not value.is_integer()):
             continue  # regression targets are numbers, not classes to count
-        for label in value if isinstance(value, (list, tuple)) else [value]:  # multi-label: each label once
-            labels[label] = labels.get(label, 0) + 1
+        labels[value] = labels.get(value, 0) + n
+    return labels
+
+
+def _split_stats(name: str, records: Sequence[Mapping[str, Any]], tokenizer: Any, max_length: int | None
+                 ) -> SplitStats:
+    labels: dict[Any, int] = {}
+    texts: Any
+    if _arrow_text_column(records):  # column-wise: no Python record per row
+        import pyarrow.compute as pc
+
+        from .arrow_data import arrow_column
+
+        column = arrow_column(records, "text")
+        lengths = pc.utf8_length(column).to_numpy()  # code points, as len(str)
+        texts = _LazyTexts(column)
+        labels = _arrow_label_counts(records)
+    else:
+        texts = [record_text(r) for r in records]
+        lengths = [len(t) for t in texts]
+        for r in records:
+            value = r.get("label")
+            if value is None or (isinstance(value, float) and not value.is_integer()):
+                continue  # regression targets are numbers, not classes to count
+            for label in value if isinstance(value, (list, tuple)) else [value]:  # multi-label: each label once
+                labels[label] = labels.get(label, 0) + 1
     try:  # most frequent first; ties in label order
         ordered = sorted(labels.items(), key=lambda kv: (-kv[1], kv[0]))
     except TypeError:
         ordered = sorted(labels.items(), key=lambda kv: -kv[1])
-    stats = SplitStats(name, len(records), dict(ordered),
-                       _summary([len(t) for t in texts]))
+    stats = SplitStats(name, len(records), dict(ordered), _summary(lengths))
     if tokenizer is not None:
         lengths = token_lengths(tokenizer, texts)
         stats.tokens = _summary(lengths)
         if max_length is not None:
             stats.truncated = sum(n > max_length for n in lengths)
     return stats
+
+
+class _LazyTexts:
+    """A column of strings read a slice at a time (``token_lengths`` takes slices)."""
+
+    def __init__(self, column: Any) -> None:
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, index: slice) -> list[str]:
+        start, stop, _ = index.indices(len(self.column))
+        return self.column.slice(start, stop - start).to_pylist()
 
 
 def _warnings(report: DataReport) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.collate import LengthGroupedBatches, feature_lengths, gather, to_device
+from ..data.collate import gather, to_device
 from ..data.preprocessor import Preprocessor
 from ..data.report import build_report
 from ..events import Callback, CallbackList, TrainState
@@ -25,6 +25,7 @@ from .callbacks import ProgressBar
 from .checkpoint import check_finite_model
 from .compiling import check_compile, compile_failure, for_training
 from .cpu_paths import CpuPaths
+from .data_order import training_order, training_records
 from .distributed import DistributedContext, main_first
 from .evaluation import EvalSetup, evaluate_model, predict_records
 from .generations import as_predict_records, write_generations
@@ -157,7 +158,8 @@ class FineTuner:
         """Train on `train`, evaluating on `validation`; returns `history`.
 
         Args:
-            train: training records (a split from DatasetBuilder, a list of dicts, a DataFrame).
+            train: training records (a split from DatasetBuilder, a list of dicts, a DataFrame), or a stream
+                (`from_hf(..., streaming=True)`, a `StreamingRecords` or `datasets.IterableDataset`; needs max_steps).
             validation: records to evaluate on during training (optional).
             resume: True continues from the newest complete checkpoint in `output_dir`; a path
                 continues from that checkpoint.
@@ -165,7 +167,7 @@ class FineTuner:
         """
         args = self.args
         # 1. check the data and the run folder before anything is loaded or written
-        train_records = as_records(train, "train", self.task.name)
+        train_records, stream = training_records(train, args.max_steps, self.preprocessor, self.task)  # stream: 1st buffer
         val_records = as_records(validation, "validation", self.task.name) if validation is not None else None
         check_overlap(train_records, val_records)  # a warning when validation repeats training texts
         resume_from = check_output_dir(self.output_dir, resume, self.overwrite)
@@ -178,15 +180,12 @@ class FineTuner:
         assert self.model is not None
         model, pre = self.model, self.preprocessor
         self._base_copy = keep_base_copy(self.model_source, model, self._base_copy)  # for evaluate(baseline=True)
-        # 3. tokenize once; batches are padded per batch
-        train_features = pre.encode(train_records, "train")
-        val_features = pre.encode(val_records, "validation") if val_records else None
-        check_token_ids(train_features, model, "train")
-        check_token_ids(val_features or [], model, "validation")
+        # 3. tokenize once (a stream: a buffer at a time, as it is read); batches are padded per batch
         micro = args.batch_size // args.gradient_accumulation
-        batches = LengthGroupedBatches(feature_lengths(pre, train_features), micro, seed=args.seed,
-                                       group_by_length=args.group_by_length)
-        steps_per_epoch = -(-len(batches) // args.gradient_accumulation)
+        data = training_order(pre, train_records, stream, micro, args, model, self.task.name)  # token ids checked
+        val_features = pre.encode(val_records, "validation") if val_records else None
+        check_token_ids(val_features or [], model, "validation")
+        steps_per_epoch = -(-(data.epoch_length or 0) // args.gradient_accumulation)  # 0: a stream's is unknown
         max_steps = args.max_steps or max(1, int(round(steps_per_epoch * args.epochs)))
         # 4. the run folder (refuses to mix runs), callbacks, optimizer and schedule
         fingerprint = run_fingerprint(self.model_source, model, self.task.name, pre, args, self.freezer, self.adapter)
@@ -197,7 +196,7 @@ class FineTuner:
             model=model, args=args, task=self.task, tokenizer=self.tokenizer, output_dir=self.output_dir,
             is_main_process=self.dist.is_main, history=self.history, max_steps=max_steps,
             weight_decay=self.weight_decay, parameter_adder=self.add_trainable_parameters)
-        state.extra["batches_per_epoch"] = len(batches)
+        state.extra["batches_per_epoch"] = data.epoch_length or 0
         events = CallbackList(self._callbacks(state))
         events.emit("setup", state)  # plugins set weight decay and label smoothing here, through the state
         self.weight_decay, self.task.label_smoothing = state.weight_decay, state.label_smoothing
@@ -217,8 +216,8 @@ class FineTuner:
         if resume_from is not None:
             restore(state, resume_from, events, scaler, fingerprint, allow_config_change, self.dist)
         packed = getattr(pre.stats.get("train"), "packed_rows", None) is not None
-        log.info("training %d steps (%d per epoch), %d %s, micro-batch %d x %d", max_steps, steps_per_epoch,
-                 len(train_features), "packed rows" if packed else "examples", micro, args.gradient_accumulation)
+        log.info("training %d steps (%s per epoch), %s %s, micro-batch %d x %d", max_steps, steps_per_epoch or "?",
+                 data.size or "a stream of", "packed rows" if packed else "examples", micro, args.gradient_accumulation)
         events.emit("fit_start", state)
         running_loss, running_windows, grad_norm = torch.zeros((), device=self.device), 0, None
         # no host read per step where reads cost a sync (CUDA): the device-side check
@@ -229,17 +228,15 @@ class FineTuner:
         with (StopSignals() as signals, self._cpu.fit(model, self.precision.dtype, self.dist.enabled),
               self._model_setup.training(model, args.gradient_checkpointing)):  # activation checkpointing if asked
             while state.step < max_steps and not state.should_stop:
-                order = batches.epoch(state.epoch)
-                if state.batch_in_epoch >= len(order):  # resumed right at an epoch boundary
+                windows = data.windows(state)  # the steps left in this epoch (a stream's: read as they come)
+                if windows is None:  # resumed right at an epoch boundary
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                     continue
                 if state.batch_in_epoch == 0:
                     events.emit("epoch_start", state)
-                accum = args.gradient_accumulation
-                windows = [order[i: i + accum] for i in range(0, len(order), accum)]
-                for window in windows[state.batch_in_epoch // accum:]:
+                for window, features in windows:
                     # 6. forward and backward over the micro-batches of one optimizer step
-                    window_loss = self._forward_backward(window, train_features, state, events, scaler)
+                    window_loss = self._forward_backward(window, features, state, events, scaler)
                     # 7. unscale, let callbacks see the gradients, clip
                     if scaler:
                         scaler.unscale_(self.optimizer)
@@ -296,7 +293,7 @@ class FineTuner:
                     if state.should_stop or state.step >= max_steps:
                         break
                 # 10. end of epoch: evaluate and checkpoint when asked per epoch
-                epoch_done = state.batch_in_epoch >= len(order)
+                epoch_done = data.epoch_done(state)
                 if epoch_done and val_features and args.eval_every == "epoch":
                     self._evaluate_during_fit(state, events, val_records, val_features)
                 if (epoch_done or state.step >= max_steps or state.should_stop) and args.save_every == "epoch":
@@ -465,13 +462,13 @@ class FineTuner:
         return getattr(self.freezer, "lr_scale", None) if self.freezer is not None else None
 
     def _log(self, state: TrainState, events: CallbackList, values: dict[str, Any]) -> None:
-        epoch = state.epoch + state.batch_in_epoch / max(1, self._batches_per_epoch(state))
+        epoch = state.epoch + state.batch_in_epoch / (self._batches_per_epoch(state) or float("inf"))  # inf: unknown
         state.record = {"step": state.step, "epoch": round(epoch, 4), **values}
         self.history.append(state.record)
         events.emit("log", state)
 
     def _batches_per_epoch(self, state: TrainState) -> int:
-        return state.extra.get("batches_per_epoch", 0) or 1
+        return state.extra.get("batches_per_epoch", 0)  # 0 until a stream has been read to its end
 
     def _evaluate_during_fit(self, state: TrainState, events: CallbackList, records: list[dict[str, Any]],
                              features: list[dict[str, Any]]) -> None:

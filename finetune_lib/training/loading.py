@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from ..data.arrow_data import is_arrow, label_records, record_keys
+from ..data.arrow_data import distinct_label_records, is_arrow, record_keys
 from ..tasks import TASKS, Task, get_task
 from .gguf import is_gguf, load_gguf_model, load_gguf_tokenizer
 
@@ -86,7 +86,7 @@ def check_arrow_records(data: Any, split: str, task: str, need_labels: bool = Tr
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from ..data.arrow_data import column_names, hf_dataset, record_chunks
+    from ..data.arrow_data import arrow_column, column_names, hf_dataset, record_chunks
 
     ds = hf_dataset(data)
     names = column_names(data)
@@ -112,10 +112,11 @@ def check_arrow_records(data: Any, split: str, task: str, need_labels: bool = Tr
         raise ValueError(f"The {split} data has no {missing} column for task {task!r}; its columns are {sorted(names)}. "
                          f"Rename the columns, e.g. dataset.rename_column('<your column>', {missing[0]!r}), or "
                          f"DatasetBuilder.from_hf(data, {hint}).")
-    table = ds.with_format("arrow")[:]  # the rows in order (a selection applied), memory-mapped where it can be
     problems = []
     for key in [k for k in ("text", "prompt", "target") if k in names and (k in needed or k == "prompt")]:
-        column = table.column(key)
+        column = ds.data.column(key)  # the whole table's: its type, and no nulls means none in the selection either
+        if column.null_count:
+            column = arrow_column(data, key)  # the selected rows, in order (one take)
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
                 or (pa.types.is_null(column.type) and key == "prompt")):
             problems.append(f"column {key!r} holds {column.type}, not strings")
@@ -123,7 +124,7 @@ def check_arrow_records(data: Any, split: str, task: str, need_labels: bool = Tr
             rows = pc.indices_nonzero(pc.is_null(column)).to_pylist()[:5]
             problems.append(f"column {key!r} has {column.null_count} missing values (rows {rows})")
     if kind is not None and need_labels and "label" in names:
-        label = table.column("label")
+        label = arrow_column(data, "label")
         base = label.type.value_type if kind == "classes" and pa.types.is_list(label.type) else label.type
         numeric = pa.types.is_integer(base) or pa.types.is_floating(base)
         ok_type = {"class": numeric or pa.types.is_boolean(base) or pa.types.is_string(base)
@@ -465,7 +466,7 @@ def fit_labels(pre: Any, model_or_source: Any, records: list[dict[str, Any]] | N
     tag names (`finetune_lib.data.token_labels.tag_label_records`)."""
     model_labels = labels_from_model(model_or_source)
     if records is not None and is_arrow(records):
-        records = label_records(records)  # the label column alone
+        records = distinct_label_records(records)  # each label once, read column-wise
     if records and getattr(task, "label_kind", None) == "tags":
         from ..data.token_labels import tag_label_records, tag_names
 

@@ -100,7 +100,9 @@ def write_checkpoint(state: TrainState, events: CallbackList, scaler: Any, finge
         "schedule": state.scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler else {},
         "rng": ckpt.rng_state(),
-        "position": {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch},
+        "position": {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+                     # a stream's: the buffer holding the next micro-batch (finetune_lib.training.data_order)
+                     **({"stream": state.extra["stream_position"]} if "stream_position" in state.extra else {})},
         "callbacks": {key: cb.state_dict() for key, cb in _keyed(events.callbacks)},
     }
     info = {"position": trainer_state["position"], "fingerprint": fingerprint, "history": state.history,
@@ -147,6 +149,8 @@ def restore(state: TrainState, path: Path, events: CallbackList, scaler: Any, fi
     ckpt.set_rng_state(saved["rng"])
     pos = saved["position"]
     state.step, state.epoch, state.batch_in_epoch = int(pos["step"]), int(pos["epoch"]), int(pos["batch_in_epoch"])
+    if isinstance(pos.get("stream"), dict):  # a stream's buffer position (read from that buffer on)
+        state.extra["stream_position"] = {k: int(v) for k, v in pos["stream"].items()}
     state.history[:] = list(info.get("history", []))
     for cb in events.callbacks:
         if hasattr(cb, "rewrite"):  # file loggers drop records of steps that were rolled back

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.arrow_data import is_arrow, label_records
+from ..data.arrow_data import is_arrow, label_column, label_counts, label_records
 from ..sequence_tasks import DEFAULT_THRESHOLD, REGRESSION_LOSSES
 
 THRESHOLDS_KEY = "finetune_lib_thresholds"  # config.json: {label name: threshold}
@@ -94,15 +94,20 @@ def configure_task(task: Any, pre: Any, model: Any, args: Any, records: list[dic
         task.huber_delta = float(args.huber_delta)
     if records is None:
         return
-    if is_arrow(records) and task.label_kind is not None:  # Arrow-backed: the label column alone
-        records = label_records(records)
+    arrow = is_arrow(records)  # Arrow-backed: the label column alone, column-wise where it can be
     if args.class_weights is not None and task.label_kind == "class":
-        task.class_weights = torch.tensor(class_weight_values(args.class_weights, names, [r["label"] for r in records],
-                                                              pre), dtype=torch.float32)
+        if arrow:  # the distinct labels and their counts, no Python object per row
+            distinct, counts = label_counts(records)
+            weights = class_weight_values(args.class_weights, names, distinct, pre, counts=counts)
+        else:
+            weights = class_weight_values(args.class_weights, names, [r["label"] for r in records], pre)
+        task.class_weights = torch.tensor(weights, dtype=torch.float32)
     if args.class_weights is not None and task.label_kind == "classes":
-        task.pos_weight = torch.tensor(pos_weight_values(args.class_weights, names, records, pre), dtype=torch.float32)
+        rows = label_records(records) if arrow else records
+        task.pos_weight = torch.tensor(pos_weight_values(args.class_weights, names, rows, pre), dtype=torch.float32)
     if task.label_kind == "value" and args.scale_targets:
-        values = np.asarray([float(r["label"]) for r in records], dtype=np.float64)
+        values = (np.asarray(label_column(records).to_numpy(zero_copy_only=False), dtype=np.float64) if arrow
+                  else np.asarray([float(r["label"]) for r in records], dtype=np.float64))
         std = float(values.std())
         if not std > 0:
             raise ValueError(f"scale_targets=True divides by the standard deviation of the training targets, and "
@@ -120,13 +125,19 @@ def _mapped(weights: Mapping[Any, Any], names: list[Any]) -> list[float]:
     return [by_str.get(str(n), 1.0) for n in names]
 
 
-def class_weight_values(weights: Any, names: list[Any], labels: list[Any], pre: Any) -> list[float]:
-    """The cross-entropy weight of each class, in id order: a mapping's, or scikit-learn's "balanced" ones."""
+def class_weight_values(weights: Any, names: list[Any], labels: list[Any], pre: Any,
+                        counts: list[int] | None = None) -> list[float]:
+    """The cross-entropy weight of each class, in id order: a mapping's, or scikit-learn's "balanced" ones.
+
+    `labels` holds each training record's label, or with `counts` each distinct label once and `counts`
+    how many records hold it (the same weights).
+    """
     if isinstance(weights, Mapping):
         return _mapped(weights, names)
-    counts = np.bincount([pre.label_id(v) for v in labels], minlength=len(names))
-    _require_examples(counts, names, "no training example")
-    return (len(labels) / (len(names) * counts)).tolist()  # compute_class_weight("balanced")
+    per_label = np.ones(len(labels), dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+    totals = np.bincount([pre.label_id(v) for v in labels], weights=per_label, minlength=len(names))
+    _require_examples(totals, names, "no training example")
+    return (int(per_label.sum()) / (len(names) * totals)).tolist()  # compute_class_weight("balanced")
 
 
 def pos_weight_values(weights: Any, names: list[Any], records: list[dict[str, Any]], pre: Any) -> list[float]:

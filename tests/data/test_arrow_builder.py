@@ -154,8 +154,7 @@ def test_bad_sources_say_how_to_fix(tmp_path, monkeypatch):
         DatasetBuilder.from_hf(tmp_path / "saved", text="text")
     with pytest.raises(DataError, match=r"no text column.*\['review', 'stars'\]"):
         DatasetBuilder.from_hf(tmp_path / "saved")
-    with pytest.raises(NotImplementedError, match="streaming comes in a later release"):
-        DatasetBuilder.from_hf(tmp_path / "saved", streaming=True)
+    assert DatasetBuilder.from_hf(tmp_path / "saved", text="review", streaming=True).streaming  # read as a stream
     with pytest.raises(DataError, match="no such file"):
         DatasetBuilder.from_hf(str(tmp_path / "missing.jsonl"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
