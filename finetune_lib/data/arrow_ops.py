@@ -235,11 +235,4 @@ def find_leakage(parts: Mapping[str, Sequence[Mapping[str, Any]] | ArrowRecords]
     if not any(isinstance(p, ArrowRecords) for p in parts.values()):
         return _dedup.find_leakage(parts, near=near, threshold=threshold,  # type: ignore[arg-type]
                                    max_examples=max_examples)
-    report = LeakageReport()
-    for (early, late), found in leaked_indices(parts, near=near, threshold=threshold).items():
-        kinds = Counter(found.values())
-        report.pairs[f"{early}/{late}"] = {
-            "exact": kinds["exact"], "normalized": kinds["normalized"], "near": kinds["near"],
-            "examples": [record_key(parts[late][i]) for i in list(found)[:max_examples]],
-        }
-    return report
+    return _dedup.leakage_report(parts, leaked_indices(parts, near=near, threshold=threshold), max_examples)

@@ -318,8 +318,15 @@ def leaked_indices(parts: Mapping[str, Sequence[dict[str, Any]]], near: bool = F
 def find_leakage(parts: Mapping[str, Sequence[dict[str, Any]]], near: bool = False, threshold: float = 0.9,
                  max_examples: int = 3) -> LeakageReport:
     """A :class:`LeakageReport` over the named splits, in the order given (train first)."""
+    return leakage_report(parts, leaked_indices(parts, near=near, threshold=threshold), max_examples)
+
+
+def leakage_report(parts: Mapping[str, Any], leaked: Mapping[tuple[str, str], Mapping[int, str]],
+                   max_examples: int = 3) -> LeakageReport:
+    """The report of `leaked` (``{(early, late): {index in late: "exact" | "normalized" | "near"}}``), with
+    up to `max_examples` leaked records of each later split shown."""
     report = LeakageReport()
-    for (early, late), found in leaked_indices(parts, near=near, threshold=threshold).items():
+    for (early, late), found in leaked.items():
         kinds = Counter(found.values())
         report.pairs[f"{early}/{late}"] = {
             "exact": kinds["exact"], "normalized": kinds["normalized"], "near": kinds["near"],

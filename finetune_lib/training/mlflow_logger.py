@@ -29,7 +29,7 @@ from typing import Any
 
 from ..events import TrainState
 from .distributed import is_main_process
-from .tracking import NewFigures, TrackerCallback, figures, require, run_settings, save_model, scalars
+from .tracking import TrackerCallback, figures, require, run_settings, save_model, scalars
 
 __all__ = ["MLflowLogger"]
 
@@ -99,11 +99,7 @@ class MLflowLogger(TrackerCallback):
         self.artifact_location = _location(artifact_location)
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.client: Any = None  # the MlflowClient, from the first fit on
-        self.run_id: str | None = None  # kept in checkpoints, to continue the same run on resume
-        self.step = 0  # the last optimizer step logged
-        self._owns_run = False
-        self._output_dir: Path | None = None
-        self._figures = NewFigures()
+        self._reset_run_state()
 
     # ---- events ---------------------------------------------------------------------------------------
     def on_fit_start(self, state: TrainState) -> None:

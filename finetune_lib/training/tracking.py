@@ -29,6 +29,14 @@ class TrackerCallback(Callback):
 
     run_id: str | None = None
 
+    def _reset_run_state(self) -> None:
+        """What a tracker knows of its run before the first `fit`."""
+        self.run_id: str | None = None  # kept in checkpoints, to continue the same run on resume
+        self.step = 0  # the last optimizer step logged
+        self._owns_run = False
+        self._output_dir: Path | None = None
+        self._figures = NewFigures()
+
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id} if self.run_id else {}
 

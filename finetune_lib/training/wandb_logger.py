@@ -24,7 +24,7 @@ from typing import Any
 
 from ..events import TrainState
 from .distributed import is_main_process
-from .tracking import NewFigures, TrackerCallback, figures, require, run_settings, save_model, scalars
+from .tracking import TrackerCallback, figures, require, run_settings, save_model, scalars
 
 __all__ = ["WandbLogger"]
 
@@ -72,11 +72,7 @@ class WandbLogger(TrackerCallback):
         self.finish_at_fit_end = finish_at_fit_end
         self.init_kwargs = init_kwargs
         self.run: Any = None  # the wandb Run while one is open
-        self.run_id: str | None = None  # kept in checkpoints, to continue the same run on resume
-        self.step = 0  # the last optimizer step logged
-        self._owns_run = False
-        self._output_dir: Path | None = None
-        self._figures = NewFigures()
+        self._reset_run_state()
 
     # ---- events ---------------------------------------------------------------------------------------
     def on_fit_start(self, state: TrainState) -> None:
