@@ -150,17 +150,15 @@ def _encode_files(pre: Any, records: Any, split: str, limit: int | None, label_k
 def _release_free_memory() -> None:
     """Collect garbage and hand free memory back to the system (Arrow's memory pool, glibc's `malloc_trim`), so
     that the forked workers do not start with the parent's freed memory counted in their resident size."""
-    import ctypes
     import gc
 
     import pyarrow as pa
 
+    from ..speedups.malloc import trim_free_memory
+
     gc.collect()
     pa.default_memory_pool().release_unused()  # whole columns taken for hashing, checks, ... (mimalloc keeps them)
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        pass
+    trim_free_memory()  # one malloc_trim; glibc's settings are not touched
 
 
 def _work(k: int) -> tuple[int, EncodeStats]:

@@ -18,12 +18,12 @@ Example:
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, SupportsIndex, overload
 
 import numpy as np
 
+from . import arrow_data
 from .records import Records, record_text
 
 __all__ = ["ArrowRecords", "HF_EXTRA", "import_datasets"]
@@ -105,13 +105,10 @@ class ArrowRecords:
 
     def arrow_column(self, key: str) -> Any:
         """Column ``key`` as a ``pyarrow.ChunkedArray`` in record order (zero-copy without an index map)."""
-        if key not in self.dataset.column_names:
-            raise KeyError(f"{self.name}: no column {key!r}; columns: {self.columns}")
-        table = self.dataset.data.column(key)
-        indices = getattr(self.dataset, "_indices", None)
-        if indices is None:
-            return table
-        return table.take(indices.column(0))
+        try:
+            return arrow_data.arrow_column(self.dataset, key)
+        except KeyError:
+            raise KeyError(f"{self.name}: no column {key!r}; columns: {self.columns}") from None
 
     def column(self, key: str, default: Any = None) -> np.ndarray | list[Any]:
         """The values of ``key``: a numpy array for numbers and booleans without nulls, else a list.
@@ -149,10 +146,11 @@ class ArrowRecords:
         return values.tolist() if isinstance(values, np.ndarray) else values
 
     def label_counts(self) -> dict[Any, int]:
-        """Count of each label, most frequent first (empty when there are no labels)."""
-        counts = Counter(label for value in self.labels if value is not None
-                         for label in (value if isinstance(value, (list, tuple)) else [value]))
-        return dict(counts.most_common())
+        """Count of each label, most frequent first (ties in first-seen order; empty when there are no labels)."""
+        if "label" not in self.dataset.column_names:
+            return {}
+        counts = [(v, n) for v, n in zip(*arrow_data.label_counts(self.dataset), strict=True) if v is not None]
+        return dict(sorted(counts, key=lambda item: -item[1]))  # a stable sort: as Counter.most_common
 
     # -- copies and conversions ------------------------------------------------------------------
     def filter(self, predicate: Callable[[dict[str, Any]], bool]) -> ArrowRecords:

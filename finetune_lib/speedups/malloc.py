@@ -91,6 +91,16 @@ def restore_defaults(libc: Any) -> None:
     libc.malloc_trim(0)
 
 
+def trim_free_memory() -> bool:
+    """Hand the heap's free memory back to the kernel once (`malloc_trim(0)`); no setting changes, so
+    nothing lasts past the call. False where there is no glibc (or `FINETUNE_LIB_MALLOC=system`)."""
+    libc = glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 @contextlib.contextmanager
 def reuse_freed_memory(enabled: bool = True) -> Iterator[bool]:
     """Within the block, glibc keeps freed memory for reuse (see the module docstring); yields whether
