@@ -235,6 +235,15 @@ def _as_list(value: Any, where: str, column: Any) -> list[Any] | None:
     return [dict(v) if isinstance(v, Mapping) else v for v in value]
 
 
+def json_list(value: Any) -> Any:
+    """A text holding a JSON list (``'["power", "display"]'``, as a CSV cell keeps it) as the list; any
+    other value as it is."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        listed = _as_list(value, "", None)
+        return value if listed is None else listed
+    return value
+
+
 def _as_text(value: Any, where: str, column: Any) -> str | None:
 
     if value is None:
@@ -351,6 +360,9 @@ def build_records(table: Any, mapping: Mapping[str, Any], *, name: str, strict: 
     extra = [c for c in extra if c not in resolved]
     out: list[dict[str, Any]] = []
     where: list[str] = []
+    # multi-label data from a CSV/TSV: a JSON list in each label cell is read as the list, here, so that
+    # dedup and stratified splits see the labels and not their text
+    label_lists = "label" in resolved and _holds_lists(table, resolved["label"])
     for row, loc in zip(table.rows, table.locations, strict=True):
         rec: dict[str, Any] = {}
         reason = None
@@ -379,6 +391,8 @@ def build_records(table: Any, mapping: Mapping[str, Any], *, name: str, strict: 
                     reason = f"empty_{key}"
             elif value is None or (isinstance(value, str) and not value.strip()):
                 reason = f"empty_{key}"
+            elif key == "label" and label_lists:
+                value = json_list(value)
             rec[key] = value
             if reason:
                 if strict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import numbers
@@ -15,6 +14,7 @@ import torch
 from transformers import AutoTokenizer
 
 from ..data.arrow_data import distinct_label_records, is_arrow, record_keys
+from ..data.records import json_list
 from ..tasks import TASKS, Task, get_task
 from .gguf import is_gguf, load_gguf_model, load_gguf_tokenizer
 
@@ -60,7 +60,7 @@ def as_records(data: Any, split: str, task: str, need_labels: bool = True) -> li
         return [normalize_tagged(r) for r in records]  # tokens and IOB2 tags (spans turned into tags)
     if task in TASKS and get_task(task).label_kind == "classes":  # multi-label: a JSON list in a CSV cell
         for r in records:
-            r["label"] = _json_list(r.get("label"))
+            r["label"] = json_list(r.get("label"))  # records not loaded by DatasetBuilder
     needed = REQUIRED_KEYS[task]
     if task == "causal_lm":
         needed = ("target",) if "target" in records[0] else ("text",)
@@ -161,18 +161,6 @@ def _label_ok(value: Any) -> bool:
     if isinstance(value, (str, bool, numbers.Integral)):
         return True
     return isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer()
-
-
-def _json_list(value: Any) -> Any:
-    """A text holding a JSON list (``'["power", "display"]'``, as a CSV cell keeps it) as the list; any other
-    value as it is."""
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            return value
-        return parsed if isinstance(parsed, list) else value
-    return value
 
 
 def _labels_ok(value: Any) -> bool:

@@ -184,8 +184,10 @@ def test_a_json_list_in_a_csv_cell_is_read_as_the_labels(base_folder, tmp_path):
         writer.writerows([r["text"], json.dumps(r["label"])] for r in data)
     from finetune_lib import DatasetBuilder
 
+    loaded = DatasetBuilder.from_file(path, text="text", label="tags")
+    assert [r["label"] for r in loaded.records] == [r["label"] for r in data]  # lists from load on: splits see them
     from_csv = FineTuner(str(base_folder), "multilabel_classification", max_steps=2, progress=False, seed=0)
-    from_csv.fit(DatasetBuilder.from_file(path, text="text", label="tags"))
+    from_csv.fit(loaded)
     from_lists = FineTuner(str(base_folder), "multilabel_classification", max_steps=2, progress=False, seed=0)
     from_lists.fit(data)
     assert from_csv.preprocessor.label_names == from_lists.preprocessor.label_names
